@@ -14,6 +14,7 @@ setup(
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
         ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.rviz')),
+        ('bin', ['scripts/taco-ros']),
     ],
     install_requires=['setuptools'],
     zip_safe=False,
