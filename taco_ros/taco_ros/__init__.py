@@ -2,12 +2,12 @@
 
 Data path, left to right:
 
-    camera Image ─┐
-                  ├─ core.audio_buffer (1 s windows) ─ core.pipeline ─┬─ core.image_encoder (CLIP tokens X_I)
-    mic AudioChunk┘                                                   ├─ core.audio_encoder (CLAP tokens X_A)
-                                                                      ├─ core.conmf (co-NMF → factor k*)
-                                                                      └─ core.fcclip (mask for k*)
-                                                     → taco_node publishes mask / objects / audio_activation
+    camera Image ──┐
+                   ├─ core.audio_buffer ─ core.pipeline ─┬─ core.clip_backbone  (CLIP tokens X_I)
+    mic AudioChunk ┘   (1 s windows)                     ├─ core.audio_encoder  (CLAP tokens X_A)
+                                                         ├─ core.conmf          (co-NMF → factor k*)
+                                                         └─ core.fcclip         (mask for k*)
+              → taco_node publishes mask / objects / audio_activation / debug_image
 
 Everything under ``taco_ros.core`` is ROS-free (no rclpy import); the ROS layer is ``taco_node``,
 ``mic_node``, ``conversions`` and ``params``.

@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _version(module_name: str) -> str:
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - report any import failure as text
+    except Exception as exc:
         return f'not importable ({type(exc).__name__}: {exc})'
     return str(getattr(module, '__version__', 'unknown version'))
 
@@ -24,9 +24,10 @@ def _version(module_name: str) -> str:
 def _rclpy_version() -> str:
     try:
         from importlib.metadata import version
+
         import rclpy  # noqa: F401
         return version('ros-rclpy')
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return f'not importable ({type(exc).__name__}: {exc})'
 
 
