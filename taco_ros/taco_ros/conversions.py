@@ -1,0 +1,417 @@
+"""ROS message ↔ numpy conversions for taco_node (camera images and audio chunks).
+
+ROS 2 ``cv_bridge`` is not installable from PyPI, so images are converted here, straight from the
+``sensor_msgs/Image`` definition: ``data`` holds ``height`` rows of ``step`` bytes each, and the
+first ``width * channels`` bytes of a row are the pixels (the rest is padding). Only 8-bit
+encodings are accepted, so ``is_bigendian`` does not matter.
+
+Audio arrives in several message layouts (ros.md §4); each decoder returns an
+:class:`AudioChunkData` holding float32 frames [n, channels] in [-1, 1], the sample rate and the
+capture time of the first sample (None when the message carries no stamp). Both
+``audio_common_msgs`` flavours are supported when one is importable; which one is installed is
+detected from the fields of its ``AudioData`` (they share type names with different fields).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# encoding → (channels, how to get RGB from the pixel array)
+IMAGE_ENCODINGS: dict[str, int] = {'rgb8': 3, 'bgr8': 3, 'rgba8': 4, 'bgra8': 4, 'mono8': 1}
+COMPRESSED_FORMATS = ('jpeg', 'jpg', 'png')
+
+# Audio message kinds accepted by the node's `audio_msg_type` parameter.
+AUDIO_TACO = 'taco'
+AUDIO_INT16_MULTIARRAY = 'int16_multiarray'
+AUDIO_FLOAT32_MULTIARRAY = 'float32_multiarray'
+AUDIO_COMMON_STAMPED = 'audio_common_stamped'     # mgonzs13/audio_common: AudioStamped
+AUDIO_DATA_STAMPED = 'audio_data_stamped'         # ros-drivers/audio_common: AudioDataStamped
+AUDIO_DATA = 'audio_data'                         # ros-drivers/audio_common: AudioData (no header)
+AUDIO_MSG_KINDS = (AUDIO_TACO, AUDIO_INT16_MULTIARRAY, AUDIO_FLOAT32_MULTIARRAY,
+                   AUDIO_COMMON_STAMPED, AUDIO_DATA_STAMPED, AUDIO_DATA)
+
+FLAVOUR_MGONZS13 = 'mgonzs13'
+FLAVOUR_ROS_DRIVERS = 'ros_drivers'
+
+# PortAudio sample-format codes used by mgonzs13/audio_common's AudioInfo.format.
+PA_FLOAT32, PA_INT32, PA_INT16, PA_INT8, PA_UINT8 = 1, 2, 8, 16, 32
+
+# GStreamer raw formats that ros-drivers/audio_common may announce in AudioInfo.sample_format:
+# numpy dtype and full-scale value (offset for unsigned 8-bit).
+GST_SAMPLE_FORMATS: dict[str, tuple[str, float, float]] = {
+    'S8': ('i1', 128.0, 0.0), 'U8': ('u1', 128.0, 128.0),
+    'S16LE': ('<i2', 32768.0, 0.0), 'S16BE': ('>i2', 32768.0, 0.0),
+    'S32LE': ('<i4', 2.0 ** 31, 0.0), 'S32BE': ('>i4', 2.0 ** 31, 0.0),
+    'F32LE': ('<f4', 1.0, 0.0), 'F32BE': ('>f4', 1.0, 0.0),
+}
+RAW_CODINGS = ('wave', 'wav', 'raw', 'pcm', '')
+
+
+# --------------------------------------------------------------------------------------------
+# time
+def stamp_to_sec(stamp: Any) -> float:
+    """builtin_interfaces/Time → float seconds."""
+    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
+
+
+def sec_to_stamp(seconds: float) -> Any:
+    """Float seconds → builtin_interfaces/Time (rounded to the nanosecond)."""
+    from builtin_interfaces.msg import Time
+    if not math.isfinite(seconds):
+        raise ValueError(f'cannot stamp a non-finite time {seconds}')
+    total = round(seconds * 1e9)
+    return Time(sec=int(total // 1_000_000_000), nanosec=int(total % 1_000_000_000))
+
+
+# --------------------------------------------------------------------------------------------
+# images
+def image_array_to_rgb(
+    encoding: str, height: int, width: int, step: int, data: Any, max_pixels: int | None = None,
+) -> np.ndarray:
+    """Pixels of a raw ``sensor_msgs/Image`` as a contiguous uint8 RGB array [height, width, 3].
+
+    ``data`` is anything exposing the buffer protocol (the message's ``array('B')`` or bytes).
+    Raises ValueError naming the problem for an unknown encoding, a ``step`` shorter than a row,
+    data shorter than ``height`` rows, zero size or more than ``max_pixels`` pixels.
+    """
+    if encoding not in IMAGE_ENCODINGS:
+        raise ValueError(
+            f'unsupported image encoding {encoding!r}; expected one of {sorted(IMAGE_ENCODINGS)}')
+    channels = IMAGE_ENCODINGS[encoding]
+    if height <= 0 or width <= 0:
+        raise ValueError(f'image has no pixels ({width}x{height})')
+    if max_pixels is not None and height * width > max_pixels:
+        raise ValueError(
+            f'image {width}x{height} has {height * width} pixels, more than max_image_pixels '
+            f'= {max_pixels}')
+    row_bytes = width * channels
+    if step < row_bytes:
+        raise ValueError(
+            f'image step {step} is shorter than one row of {width} {encoding} pixels '
+            f'({row_bytes} bytes)')
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    # The definition says len(data) == step * height; trailing padding of the last row is optional
+    # for some drivers, so only the bytes that hold pixels are required.
+    needed = (height - 1) * step + row_bytes
+    if buffer.size < needed:
+        raise ValueError(
+            f'image data has {buffer.size} bytes, {height} rows of step {step} need '
+            f'{step * height}')
+    pixels = np.lib.stride_tricks.as_strided(
+        buffer, shape=(height, width, channels), strides=(step, channels, 1), writeable=False)
+    return _to_rgb(pixels, encoding)
+
+
+def _to_rgb(pixels: np.ndarray, encoding: str) -> np.ndarray:
+    if encoding == 'rgb8':
+        rgb = pixels
+    elif encoding == 'bgr8':
+        rgb = pixels[..., ::-1]
+    elif encoding == 'rgba8':
+        rgb = pixels[..., :3]
+    elif encoding == 'bgra8':
+        rgb = pixels[..., 2::-1]
+    else:  # mono8
+        rgb = np.repeat(pixels, 3, axis=2)
+    # Always copy: the result must not alias the message buffer (the message may be reused).
+    return np.array(rgb, dtype=np.uint8, order='C', copy=True)
+
+
+def image_to_rgb(msg: Any, max_pixels: int | None = None) -> np.ndarray:
+    """``sensor_msgs/Image`` → uint8 RGB [H, W, 3] (see :func:`image_array_to_rgb`)."""
+    return image_array_to_rgb(
+        msg.encoding, int(msg.height), int(msg.width), int(msg.step), msg.data, max_pixels)
+
+
+def compressed_to_rgb(msg: Any, max_pixels: int | None = None) -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` (jpeg or png) → uint8 RGB [H, W, 3].
+
+    ``format`` may be a bare codec name or image_transport's "<encoding>; <codec> compressed ..."
+    form. Raises ValueError for other codecs, undecodable data or too many pixels.
+    """
+    import cv2
+
+    codec = _compressed_codec(msg.format)
+    data = np.frombuffer(msg.data, dtype=np.uint8)
+    if data.size == 0:
+        raise ValueError('compressed image has no data')
+    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if decoded is None:
+        raise ValueError(f'could not decode {data.size} bytes as {codec}')
+    height, width = decoded.shape[:2]
+    if max_pixels is not None and height * width > max_pixels:
+        raise ValueError(
+            f'image {width}x{height} has {height * width} pixels, more than max_image_pixels '
+            f'= {max_pixels}')
+    return np.ascontiguousarray(decoded[..., ::-1])  # OpenCV decodes to BGR
+
+
+def _compressed_codec(fmt: str) -> str:
+    text = (fmt or '').lower()
+    for codec in COMPRESSED_FORMATS:
+        if codec in text.replace(';', ' ').split() or text.startswith(codec):
+            return 'jpeg' if codec == 'jpg' else codec
+    raise ValueError(
+        f'unsupported compressed image format {fmt!r}; expected jpeg or png')
+
+
+def numpy_to_image(array: np.ndarray, header: Any, encoding: str) -> Any:
+    """uint8 array → ``sensor_msgs/Image`` with a tight ``step`` (no padding).
+
+    ``encoding`` must match the array: 'mono8' for [H, W], 'rgb8'/'bgr8' for [H, W, 3],
+    'rgba8'/'bgra8' for [H, W, 4].
+    """
+    from sensor_msgs.msg import Image
+
+    if encoding not in IMAGE_ENCODINGS:
+        raise ValueError(f'unsupported image encoding {encoding!r}')
+    array = np.ascontiguousarray(array)
+    if array.dtype != np.uint8:
+        raise ValueError(f'image array must be uint8, got {array.dtype}')
+    channels = IMAGE_ENCODINGS[encoding]
+    shape_ok = (array.ndim == 2 and channels == 1) or (
+        array.ndim == 3 and array.shape[2] == channels)
+    if not shape_ok:
+        raise ValueError(f'array of shape {array.shape} does not hold {encoding} pixels')
+    msg = Image()
+    msg.header = header
+    msg.height, msg.width = int(array.shape[0]), int(array.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = int(array.shape[1] * channels)
+    msg.data = array.tobytes()
+    return msg
+
+
+# --------------------------------------------------------------------------------------------
+# audio
+@dataclass
+class AudioChunkData:
+    """One decoded audio message.
+
+    samples: float32 [n, channels] in [-1, 1].
+    sample_rate: frames per second.
+    stamp: capture time of the first frame (seconds), None when the message has no header
+        (the node then stamps it at receipt time minus its duration and flags that).
+    """
+
+    samples: np.ndarray
+    sample_rate: int
+    stamp: float | None
+
+    @property
+    def duration(self) -> float:
+        return self.samples.shape[0] / float(self.sample_rate)
+
+
+def interleaved_to_frames(values: Any, channels: int, scale: float = 1.0,
+                          offset: float = 0.0) -> np.ndarray:
+    """Interleaved samples → float32 [n, channels], ``(value - offset) / scale``.
+
+    Raises ValueError when the count is not a multiple of ``channels`` or values are not finite.
+    """
+    if channels < 1:
+        raise ValueError(f'channel count must be >= 1, got {channels}')
+    array = np.asarray(values)
+    if array.ndim != 1:
+        array = array.reshape(-1)
+    if array.size % channels:
+        raise ValueError(f'{array.size} samples do not split into {channels} channels')
+    frames = array.astype(np.float32)
+    if offset:
+        frames -= offset
+    if scale != 1.0:
+        frames /= scale
+    if not np.isfinite(frames).all():
+        raise ValueError('audio contains NaN or Inf samples')
+    return frames.reshape(-1, channels)
+
+
+def _header_stamp(msg: Any) -> float | None:
+    stamp = stamp_to_sec(msg.header.stamp)
+    # A zero stamp means the publisher never set it; treat it like a headerless message.
+    return stamp if stamp > 0.0 else None
+
+
+def _check_rate(rate: int) -> int:
+    if int(rate) <= 0:
+        raise ValueError(f'audio sample rate must be positive, got {rate}')
+    return int(rate)
+
+
+def decode_audio_chunk(msg: Any) -> AudioChunkData:
+    """``taco_msgs/AudioChunk`` → :class:`AudioChunkData`."""
+    rate = _check_rate(msg.sample_rate)
+    channels = int(msg.channels)
+    fmt = int(msg.sample_format)
+    if fmt == msg.FORMAT_S16:
+        frames = interleaved_to_frames(msg.int16_data, channels, 32768.0)
+    elif fmt == msg.FORMAT_S32:
+        frames = interleaved_to_frames(msg.int32_data, channels, 2.0 ** 31)
+    elif fmt == msg.FORMAT_F32:
+        frames = interleaved_to_frames(msg.float32_data, channels)
+    else:
+        raise ValueError(f'unknown AudioChunk sample_format {fmt}')
+    return AudioChunkData(frames, rate, _header_stamp(msg))
+
+
+def decode_multiarray(msg: Any, sample_rate: int, channels: int) -> AudioChunkData:
+    """``std_msgs/Int16MultiArray`` or ``Float32MultiArray`` (interleaved) → chunk without stamp.
+
+    The layout carries no rate, so ``sample_rate`` and ``channels`` come from parameters; a
+    two-dimensional layout ([frames, channels]) overrides ``channels``.
+    """
+    rate = _check_rate(sample_rate)
+    dims = list(getattr(msg.layout, 'dim', []) or [])
+    if len(dims) == 2 and int(dims[1].size) > 0:
+        channels = int(dims[1].size)
+    data = np.asarray(msg.data)
+    scale = 32768.0 if data.dtype.kind in 'iu' else 1.0
+    return AudioChunkData(interleaved_to_frames(data, channels, scale), rate, None)
+
+
+def decode_audio_common_stamped(msg: Any) -> AudioChunkData:
+    """mgonzs13 ``audio_common_msgs/AudioStamped`` (PortAudio format codes) → chunk."""
+    info = msg.audio.info
+    data = msg.audio.audio_data
+    rate = _check_rate(info.rate)
+    channels = int(info.channels)
+    fmt = int(info.format)
+    if fmt == PA_FLOAT32:
+        frames = interleaved_to_frames(data.float32_data, channels)
+    elif fmt == PA_INT32:
+        frames = interleaved_to_frames(data.int32_data, channels, 2.0 ** 31)
+    elif fmt == PA_INT16:
+        frames = interleaved_to_frames(data.int16_data, channels, 32768.0)
+    elif fmt == PA_INT8:
+        frames = interleaved_to_frames(data.int8_data, channels, 128.0)
+    elif fmt == PA_UINT8:
+        frames = interleaved_to_frames(data.uint8_data, channels, 128.0, 128.0)
+    else:
+        raise ValueError(f'unsupported PortAudio sample format code {fmt}')
+    return AudioChunkData(frames, rate, _header_stamp(msg))
+
+
+@dataclass
+class RawAudioInfo:
+    """Stream description for ros-drivers ``AudioData`` (from its ``audio_info`` topic)."""
+
+    sample_rate: int = 16000
+    channels: int = 1
+    sample_format: str = 'S16LE'
+    coding_format: str = 'wave'
+
+    @classmethod
+    def from_msg(cls, msg: Any) -> RawAudioInfo:
+        return cls(int(msg.sample_rate), int(msg.channels), str(msg.sample_format),
+                   str(msg.coding_format))
+
+
+def decode_audio_data(msg: Any, info: RawAudioInfo) -> AudioChunkData:
+    """ros-drivers ``AudioData`` or ``AudioDataStamped`` (raw bytes) → chunk.
+
+    Only uncompressed streams can be decoded: ``coding_format`` must be wave/raw (the capture
+    node's default is mp3; run it with ``format:=wave``).
+    """
+    if info.coding_format.lower() not in RAW_CODINGS:
+        raise ValueError(
+            f'audio coding_format {info.coding_format!r} is compressed; publish raw PCM '
+            '(audio_capture format:=wave)')
+    if info.sample_format.upper() not in GST_SAMPLE_FORMATS:
+        raise ValueError(
+            f'unsupported sample_format {info.sample_format!r}; expected one of '
+            f'{sorted(GST_SAMPLE_FORMATS)}')
+    dtype, scale, offset = GST_SAMPLE_FORMATS[info.sample_format.upper()]
+    stamped = hasattr(msg, 'audio') and hasattr(msg, 'header')
+    raw = msg.audio.data if stamped else msg.data
+    buffer = np.frombuffer(raw, dtype=np.uint8)
+    width = np.dtype(dtype).itemsize
+    if buffer.size % width:
+        raise ValueError(f'{buffer.size} bytes are not whole {info.sample_format} samples')
+    values = buffer.view(dtype)
+    frames = interleaved_to_frames(values, int(info.channels), scale, offset)
+    return AudioChunkData(frames, _check_rate(info.sample_rate),
+                          _header_stamp(msg) if stamped else None)
+
+
+def select_channel(frames: np.ndarray, channel: int) -> np.ndarray:
+    """[n, C] → mono [n]: channel ``channel``, or the mean of all channels when it is -1."""
+    if channel == -1:
+        return frames.mean(axis=1) if frames.shape[1] > 1 else frames[:, 0]
+    if not 0 <= channel < frames.shape[1]:
+        raise ValueError(
+            f'audio_channel {channel} does not exist in a {frames.shape[1]}-channel stream')
+    return frames[:, channel]
+
+
+# --------------------------------------------------------------------------------------------
+# audio message types
+@functools.cache
+def audio_common_flavour() -> str | None:
+    """Which ``audio_common_msgs`` is importable: 'mgonzs13', 'ros_drivers' or None."""
+    try:
+        module = importlib.import_module('audio_common_msgs.msg')
+    except ImportError:
+        return None
+    fields = getattr(getattr(module, 'AudioData', None), '_fields_and_field_types', {}) or {}
+    if 'int16_data' in fields:
+        return FLAVOUR_MGONZS13
+    if 'data' in fields:
+        return FLAVOUR_ROS_DRIVERS
+    return None
+
+
+def audio_message_class(kind: str) -> type:
+    """Message class for an ``audio_msg_type`` kind; ValueError when it is not importable."""
+    if kind == AUDIO_TACO:
+        from taco_msgs.msg import AudioChunk
+        return AudioChunk
+    if kind == AUDIO_INT16_MULTIARRAY:
+        from std_msgs.msg import Int16MultiArray
+        return Int16MultiArray
+    if kind == AUDIO_FLOAT32_MULTIARRAY:
+        from std_msgs.msg import Float32MultiArray
+        return Float32MultiArray
+    flavour = audio_common_flavour()
+    wanted = FLAVOUR_MGONZS13 if kind == AUDIO_COMMON_STAMPED else FLAVOUR_ROS_DRIVERS
+    if kind not in (AUDIO_COMMON_STAMPED, AUDIO_DATA_STAMPED, AUDIO_DATA):
+        raise ValueError(f'unknown audio message kind {kind!r}; expected one of {AUDIO_MSG_KINDS}')
+    if flavour != wanted:
+        raise ValueError(
+            f'audio_msg_type {kind!r} needs the {wanted} audio_common_msgs, but '
+            f'{"none" if flavour is None else "the " + flavour + " one"} is installed')
+    module = importlib.import_module('audio_common_msgs.msg')
+    name = {AUDIO_COMMON_STAMPED: 'AudioStamped', AUDIO_DATA_STAMPED: 'AudioDataStamped',
+            AUDIO_DATA: 'AudioData'}[kind]
+    return getattr(module, name)
+
+
+# ROS type names (as get_topic_names_and_types reports them) → kind, for audio_msg_type 'auto'.
+TOPIC_TYPE_KINDS = {
+    'taco_msgs/msg/AudioChunk': AUDIO_TACO,
+    'std_msgs/msg/Int16MultiArray': AUDIO_INT16_MULTIARRAY,
+    'std_msgs/msg/Float32MultiArray': AUDIO_FLOAT32_MULTIARRAY,
+    'audio_common_msgs/msg/AudioStamped': AUDIO_COMMON_STAMPED,
+    'audio_common_msgs/msg/AudioDataStamped': AUDIO_DATA_STAMPED,
+    'audio_common_msgs/msg/AudioData': AUDIO_DATA,
+}
+
+
+def kind_for_topic_types(type_names: list[str]) -> str | None:
+    """First supported, importable audio kind among a topic's advertised types."""
+    for name in type_names:
+        kind = TOPIC_TYPE_KINDS.get(name)
+        if kind is None:
+            continue
+        try:
+            audio_message_class(kind)
+        except ValueError:
+            continue
+        return kind
+    return None
