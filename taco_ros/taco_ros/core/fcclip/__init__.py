@@ -1,0 +1,29 @@
+"""FC-CLIP (ConvNeXt-L, COCO panoptic) inference in plain PyTorch, prompted by co-NMF image factors.
+
+No detectron2 and no compiled ops: deformable attention uses ``grid_sample`` (CPU and CUDA).
+Entry points: :class:`FCCLIPConfig`, :class:`FCCLIP` / :func:`build_fcclip`, :func:`load_fcclip_checkpoint`.
+"""
+
+from taco_ros.core.fcclip.checkpoint import (
+    FCCLIP_CHECKPOINT_NAME,
+    LoadReport,
+    find_fcclip_checkpoint,
+    load_fcclip_checkpoint,
+    load_state_into,
+    read_checkpoint,
+)
+from taco_ros.core.fcclip.config import FCCLIPConfig
+from taco_ros.core.fcclip.segmenter import FCCLIP, PreparedFrame, build_fcclip
+
+__all__ = [
+    'FCCLIP',
+    'FCCLIP_CHECKPOINT_NAME',
+    'FCCLIPConfig',
+    'LoadReport',
+    'PreparedFrame',
+    'build_fcclip',
+    'find_fcclip_checkpoint',
+    'load_fcclip_checkpoint',
+    'load_state_into',
+    'read_checkpoint',
+]

@@ -1,0 +1,143 @@
+"""Loading FC-CLIP checkpoints the way detectron2's DetectionCheckpointer does, without detectron2.
+
+detectron2 (method.md §6.2): torch.load on CPU; a file without a "model" entry is the model dict itself;
+a "module." prefix shared by all keys (DataParallel) is stripped; keys whose shapes disagree with the model
+are dropped with a warning; loading is non-strict and the missing / unexpected keys are reported.
+Here the file is read with ``weights_only=True`` (no pickled code runs), and the report separates keys the
+inference path needs from training-only ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from taco_ros.core.model_files import model_search_dirs
+
+LOG = logging.getLogger(__name__)
+
+# The released FC-CLIP ConvNeXt-L COCO-panoptic checkpoint (fc-clip README; TACO's paths.yaml).
+FCCLIP_CHECKPOINT_NAME = 'fcclip_cocopan.pth'
+PARALLEL_PREFIX = 'module.'
+TRAINING_ONLY_PREFIXES = ('criterion.',)
+
+
+@dataclass
+class LoadReport:
+    """What a checkpoint load did.
+
+    missing: model keys absent from the file that inference needs (must be empty for a usable model).
+    missing_training_only: absent keys that inference never reads (e.g. ``criterion.empty_weight``).
+    unexpected: file keys the model does not have (ignored).
+    shape_mismatch: (key, file shape, model shape) of keys dropped because the shapes disagree.
+    loaded: number of tensors copied into the model.
+    """
+
+    source: str
+    loaded: int = 0
+    missing: list[str] = field(default_factory=list)
+    missing_training_only: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    shape_mismatch: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every inference key was loaded with the right shape."""
+        return not self.missing and not self.shape_mismatch
+
+    def summary(self, max_keys: int = 10) -> str:
+        def show(keys: list) -> str:
+            head = ', '.join(str(k) for k in keys[:max_keys])
+            return head + (f', … (+{len(keys) - max_keys})' if len(keys) > max_keys else '')
+
+        lines = [f'{self.source}: loaded {self.loaded} tensors']
+        if self.missing:
+            lines.append(f'  missing inference keys ({len(self.missing)}): {show(self.missing)}')
+        if self.shape_mismatch:
+            lines.append(f'  shape-mismatched keys dropped ({len(self.shape_mismatch)}): '
+                         f'{show(self.shape_mismatch)}')
+        if self.missing_training_only:
+            lines.append(f'  missing training-only keys ({len(self.missing_training_only)}): '
+                         f'{show(self.missing_training_only)}')
+        if self.unexpected:
+            lines.append(f'  unexpected keys ignored ({len(self.unexpected)}): {show(self.unexpected)}')
+        return '\n'.join(lines)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Model state dict of a detectron2-style .pth file ("model" wrapper or bare dict, "module." stripped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'FC-CLIP checkpoint not found: {path}')
+    try:
+        data = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or non-weights files
+        raise ValueError(f'cannot read {path} as a weights-only torch checkpoint: {exc}') from exc
+    return unwrap_state_dict(data, str(path))
+
+
+def unwrap_state_dict(data: object, source: str = '<checkpoint>') -> dict[str, Tensor]:
+    """detectron2's unwrapping: take data["model"] when present, strip a common "module." prefix."""
+    if isinstance(data, Mapping) and isinstance(data.get('model'), Mapping):
+        data = data['model']
+    if not isinstance(data, Mapping):
+        raise ValueError(f'{source}: expected a dict of tensors (optionally under "model"), '
+                         f'got {type(data).__name__}')
+    not_tensors = [k for k, v in data.items() if not isinstance(v, Tensor)]
+    if not_tensors:
+        raise ValueError(f'{source}: entries that are not tensors: {not_tensors[:10]}')
+    keys = list(data)
+    if keys and all(k.startswith(PARALLEL_PREFIX) for k in keys):
+        return {k[len(PARALLEL_PREFIX):]: v for k, v in data.items()}
+    return dict(data)
+
+
+def load_state_into(model: nn.Module, state: Mapping[str, Tensor],
+                    source: str = '<state dict>') -> LoadReport:
+    """Non-strict load: drop shape mismatches (with a warning), copy the rest, report the differences."""
+    own = model.state_dict()
+    report = LoadReport(source=source)
+    usable: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key not in own:
+            report.unexpected.append(key)
+        elif tuple(value.shape) != tuple(own[key].shape):
+            report.shape_mismatch.append((key, tuple(value.shape), tuple(own[key].shape)))
+            LOG.warning('%s: skip %s, shape %s in the file vs %s in the model',
+                        source, key, tuple(value.shape), tuple(own[key].shape))
+        else:
+            usable[key] = value
+    mismatched = {key for key, _, _ in report.shape_mismatch}
+    for key in own:
+        if key not in usable and key not in mismatched:
+            training_only = key.startswith(TRAINING_ONLY_PREFIXES)
+            (report.missing_training_only if training_only else report.missing).append(key)
+    model.load_state_dict(usable, strict=False)
+    report.loaded = len(usable)
+    if report.missing:
+        LOG.warning('%s: %d inference keys missing, e.g. %s', source, len(report.missing), report.missing[:5])
+    return report
+
+
+def load_fcclip_checkpoint(model: nn.Module, path: str | os.PathLike) -> LoadReport:
+    """Load a detectron2-layout FC-CLIP .pth into ``model`` (an FCCLIP); see :class:`LoadReport`."""
+    return load_state_into(model, read_checkpoint(path), str(path))
+
+
+def find_fcclip_checkpoint(model_dir: str | os.PathLike | None = None,
+                           name: str = FCCLIP_CHECKPOINT_NAME) -> Path | None:
+    """First ``name`` in the model search path (explicit dir, $TACO_MODEL_DIR, cache), or None.
+
+    None means the segmenter is unavailable and the pipeline falls back to the coarse 24×24 map.
+    """
+    for directory in model_search_dirs(model_dir):
+        candidate = directory / name
+        if candidate.is_file():
+            return candidate
+    return None
