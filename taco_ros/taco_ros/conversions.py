@@ -80,6 +80,12 @@ def image_array_to_rgb(
     Raises ValueError naming the problem for an unknown encoding, a ``step`` shorter than a row,
     data shorter than ``height`` rows, zero size or more than ``max_pixels`` pixels.
     """
+    return _to_rgb(_pixel_view(encoding, height, width, step, data, max_pixels), encoding)
+
+
+def _pixel_view(encoding: str, height: int, width: int, step: int, data: Any,
+                max_pixels: int | None) -> np.ndarray:
+    """Checked, zero-copy [height, width, channels] view of the message bytes."""
     if encoding not in IMAGE_ENCODINGS:
         raise ValueError(
             f'unsupported image encoding {encoding!r}; expected one of {sorted(IMAGE_ENCODINGS)}')
@@ -103,9 +109,20 @@ def image_array_to_rgb(
         raise ValueError(
             f'image data has {buffer.size} bytes, {height} rows of step {step} need '
             f'{step * height}')
-    pixels = np.lib.stride_tricks.as_strided(
+    return np.lib.stride_tricks.as_strided(
         buffer, shape=(height, width, channels), strides=(step, channels, 1), writeable=False)
-    return _to_rgb(pixels, encoding)
+
+
+def check_image(msg: Any, max_pixels: int | None = None) -> None:
+    """Raise ValueError if a raw ``sensor_msgs/Image`` cannot be converted (no pixel copy)."""
+    _pixel_view(msg.encoding, int(msg.height), int(msg.width), int(msg.step), msg.data, max_pixels)
+
+
+def check_compressed(msg: Any) -> None:
+    """Raise ValueError if a ``CompressedImage`` has an unsupported format or no data."""
+    _compressed_codec(msg.format)
+    if len(msg.data) == 0:
+        raise ValueError('compressed image has no data')
 
 
 def _to_rgb(pixels: np.ndarray, encoding: str) -> np.ndarray:

@@ -236,3 +236,15 @@ def test_frame_buffer_count_cap() -> None:
     for i in range(10):
         frames.push(T0 + i, i)
     assert len(frames) == 4
+
+
+def test_tolerance_override_keeps_receipt_stamped_stream_contiguous() -> None:
+    buffer = AudioRingBuffer()
+    rng = np.random.default_rng(1)
+    for c in range(30):
+        late = rng.uniform(0.0, 0.06)   # receipt-time stamps: up to two chunks of delay
+        report = buffer.push(ramp(CHUNK, c * CHUNK), T0 + c * CHUNK / RATE + late, RATE,
+                             tolerance=0.1)
+        assert report.gap_sec == 0.0 and report.late_sec == 0.0
+    np.testing.assert_allclose(buffer.window(buffer.start_time, 0.9).samples,
+                               ramp(round(0.9 * RATE)))

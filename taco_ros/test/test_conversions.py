@@ -334,3 +334,16 @@ def test_message_classes_without_audio_common() -> None:
     assert conv.kind_for_topic_types(['sensor_msgs/msg/Image']) is None
     with pytest.raises(ValueError, match='unknown'):
         conv.audio_message_class('wav')
+
+
+def test_check_functions_match_conversion() -> None:
+    good = raw_image('bgra8', RGB, pad=3)
+    conv.check_image(good)
+    bad = raw_image('rgb8', RGB)
+    bad.step = 2
+    with pytest.raises(ValueError, match='step'):
+        conv.check_image(bad)
+    with pytest.raises(ValueError, match='no data'):
+        conv.check_compressed(CompressedImage(format='jpeg'))
+    with pytest.raises(ValueError, match='unsupported'):
+        conv.check_compressed(CompressedImage(format='webp'))

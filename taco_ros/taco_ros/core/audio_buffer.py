@@ -161,9 +161,13 @@ class AudioRingBuffer:
         self._head = self._tail = 0
 
     # -- writing ------------------------------------------------------------------------------
-    def push(self, samples: np.ndarray, stamp: float, sample_rate: int) -> PushReport:
+    def push(self, samples: np.ndarray, stamp: float, sample_rate: int,
+             tolerance: float | None = None) -> PushReport:
         """Store one chunk whose first sample was captured at ``stamp``.
 
+        ``tolerance`` overrides the contiguity tolerance for this chunk, without the half-chunk
+        cap: for stamps made at receipt time, which jitter more than a chunk but are never out
+        of order, a large value keeps the stream contiguous.
         Raises ValueError for a non-positive rate, a non-finite stamp or non-finite samples; the
         buffer is unchanged then.
         """
@@ -190,7 +194,8 @@ class AudioRingBuffer:
         head_time = self._time_of(self._head)
         offset = stamp - head_time
         chunk_sec = frames.shape[0] / rate
-        tolerance = min(self.stamp_tolerance, 0.5 * chunk_sec)
+        if tolerance is None:
+            tolerance = min(self.stamp_tolerance, 0.5 * chunk_sec)
         if offset <= -self.backward_jump_sec:
             report.reset = RESET_BACKWARD_JUMP
         elif offset > self.max_gap_sec:
