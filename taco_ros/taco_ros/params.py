@@ -1,0 +1,421 @@
+"""Parameters, topics and QoS of taco_node: the one table the node, config/taco.yaml, the launch file
+and the README are built from or checked against.
+
+Importable without rclpy (the launch file and the docs read it); the few functions that need ROS
+types import them inside.
+
+Parameters are either *read-only* (models, device, input types and QoS: they change only by
+reconfiguring the lifecycle node, i.e. deactivate → cleanup → set → configure → activate) or *live*
+(thresholds, windows, vocabulary, mode: validated and applied from the next window).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+NODE_NAME = 'taco_node'
+
+# ---------------------------------------------------------------------------------------- topics
+# Inputs are relative names (remap them: image:=/camera/color/image_raw); outputs are private.
+TOPIC_IMAGE = 'image'
+TOPIC_IMAGE_COMPRESSED = 'image/compressed'     # image_transport's naming for the compressed stream
+TOPIC_AUDIO = 'audio'
+TOPIC_AUDIO_INFO = 'audio_info'                 # ros-drivers audio_common stream description
+TOPIC_MASK = '~/mask'
+TOPIC_OBJECTS = '~/objects'
+TOPIC_AUDIO_ACTIVATION = '~/audio_activation'
+TOPIC_DEBUG_IMAGE = '~/debug_image'
+TOPIC_LABEL_INFO = '~/label_info'
+TOPIC_DIAGNOSTICS = '/diagnostics'
+SERVICE_SET_VOCABULARY = '~/set_vocabulary'
+
+# Output QoS: results are reliable with a short history; label_info is latched (vision_msgs rule).
+OUTPUT_DEPTH = 5
+
+QOS_PROFILES = ('sensor_data', 'reliable', 'best_effort', 'system_default')
+DEVICE_PATTERN = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic or service of the node, for the README table and the tests."""
+
+    name: str
+    type: str
+    direction: str      # 'sub', 'pub' or 'srv'
+    qos: str
+    description: str
+
+
+TOPICS: list[TopicSpec] = [
+    TopicSpec(TOPIC_IMAGE, 'sensor_msgs/Image', 'sub', 'image_qos (sensor_data)',
+              "camera frames (rgb8, bgr8, rgba8, bgra8, mono8; any row step); used when "
+              "image_transport is 'raw'"),
+    TopicSpec(TOPIC_IMAGE_COMPRESSED, 'sensor_msgs/CompressedImage', 'sub',
+              'image_qos (sensor_data)', "jpeg/png frames; used when image_transport is 'compressed'"),
+    TopicSpec(TOPIC_AUDIO, 'taco_msgs/AudioChunk | std_msgs/Int16MultiArray | '
+              'std_msgs/Float32MultiArray | audio_common_msgs (either flavour)', 'sub',
+              'audio_qos (sensor_data, depth audio_qos_depth)',
+              'microphone chunks; type chosen by audio_msg_type (auto: the type on the topic)'),
+    TopicSpec(TOPIC_AUDIO_INFO, 'audio_common_msgs/AudioInfo (ros-drivers)', 'sub',
+              'reliable, depth 1', 'stream format for ros-drivers AudioData(Stamped) only'),
+    TopicSpec(TOPIC_MASK, 'sensor_msgs/Image (mono8)', 'pub', f'reliable, depth {OUTPUT_DEPTH}',
+              'per-pixel object index: 0 background, v = objects[v-1]; same size and header as the '
+              'paired camera frame'),
+    TopicSpec(TOPIC_OBJECTS, 'taco_msgs/SoundingObjectArray', 'pub', f'reliable, depth {OUTPUT_DEPTH}',
+              'sounding objects (label, scores, box, confidence) of each window; empty when nothing '
+              'in view sounds'),
+    TopicSpec(TOPIC_AUDIO_ACTIVATION, 'taco_msgs/AudioActivation', 'pub',
+              f'reliable, depth {OUTPUT_DEPTH}',
+              "activation of the sounding factor over the window's audio tokens, with time offsets"),
+    TopicSpec(TOPIC_DEBUG_IMAGE, 'sensor_msgs/Image (rgb8)', 'pub', f'reliable, depth {OUTPUT_DEPTH}',
+              'frame with the mask blended, label, score and activation strip; built only while '
+              'subscribed'),
+    TopicSpec(TOPIC_LABEL_INFO, 'taco_msgs/LabelInfo', 'pub', 'reliable, transient_local, depth 1',
+              'current vocabulary (class_id = index) and mask threshold; republished on change'),
+    TopicSpec(TOPIC_DIAGNOSTICS, 'diagnostic_msgs/DiagnosticArray', 'pub', 'reliable, depth 10',
+              'input rates, latency, per-stage times, drops, buffer fill, device, GPU memory; '
+              'every diagnostics_period'),
+    TopicSpec(SERVICE_SET_VOCABULARY, 'taco_msgs/srv/SetVocabulary', 'srv', 'services default',
+              'replace the vocabulary (same as setting the vocabulary parameter)'),
+]
+
+
+# ------------------------------------------------------------------------------------ parameters
+@dataclass(frozen=True)
+class ParamSpec:
+    """One node parameter.
+
+    default: its value in the node and in config/taco.yaml; its Python type is the ROS type
+        (bool, int, float, str, list[str]).
+    read_only: True when it changes only by reconfiguring: the node refuses a new value while
+        configured (inactive or active) and reads it at the next configure. It is not rclpy's
+        ``read_only``, which would forbid any change after start-up.
+    startup_only: read once at start-up (rclpy ``read_only``: never settable afterwards).
+    range: inclusive (min, max) for numbers (published as FloatingPointRange / IntegerRange).
+    choices: allowed strings (checked by the node's validator, listed in the description).
+    """
+
+    name: str
+    default: Any
+    description: str
+    group: str
+    read_only: bool = False
+    range: tuple[float, float] | None = None
+    choices: tuple[str, ...] | None = None
+    startup_only: bool = False
+
+    @property
+    def type_name(self) -> str:
+        if isinstance(self.default, bool):
+            return 'bool'
+        if isinstance(self.default, int):
+            return 'int'
+        if isinstance(self.default, float):
+            return 'double'
+        if isinstance(self.default, list):
+            return 'string[]'
+        return 'string'
+
+    def full_description(self, change_note: bool = True) -> str:
+        text = self.description
+        if change_note and self.startup_only:
+            text += ' Read at start-up only.'
+        elif change_note and self.read_only:
+            text += ' Changes only by reconfiguring (cleanup, set, configure).'
+        if self.choices:
+            text += ' One of: ' + ', '.join(self.choices) + '.'
+        return text
+
+
+P = ParamSpec
+PARAMETERS: list[ParamSpec] = [
+    # -- models (read-only) --
+    P('model_config', 'taco_convnext_large',
+      "Model configuration: a name from taco_ros/model_configs ('taco_convnext_large', "
+      "'taco_tiny') or a JSON path.", 'models', read_only=True),
+    P('model_dir', '', 'Directory searched first for model files ("" = TACO_MODEL_DIR, then '
+      '~/.cache/taco_ros/models).', 'models', read_only=True),
+    P('anchors', '', 'Anchor bank file; "" builds the bank from the vocabulary with the text '
+      'encoders at configure.', 'models', read_only=True),
+    P('device', 'auto', 'Torch device: auto (cuda if available), cpu, cuda or cuda:N.', 'models',
+      read_only=True),
+    P('precision', 'fp32', 'Autocast precision of the backbones on CUDA (ignored on CPU).',
+      'models', read_only=True, choices=('fp32', 'fp16', 'bf16')),
+    P('allow_random_weights', False, 'Run with random weights when model files are missing (tests, '
+      'demo); outputs are meaningless and every window logs a warning.', 'models', read_only=True),
+    P('seed', 0, 'Seed of the solver initialisation (CPU runs are deterministic).', 'models',
+      read_only=True, range=(0, 2 ** 31 - 1)),
+    P('resize', 'squash', "Frame resize policy before the backbone: 'squash' to 764x764 (the "
+      "paper), 'letterbox' keeps the aspect ratio.", 'models', read_only=True,
+      choices=('squash', 'letterbox')),
+    # -- processing (live) --
+    P('mode', 'full', "full: FC-CLIP mask of the sounding factor; coarse: its 24x24 co-NMF "
+      "activation map upsampled; baseline: A-FC-CLIP (CLAP picks a word, FC-CLIP segments it).",
+      'processing', choices=('full', 'coarse', 'baseline')),
+    P('vocabulary', [], 'Open vocabulary (anchor words); [] = the 527 AudioSet class names. '
+      'Also settable with the set_vocabulary service.', 'processing'),
+    P('solver_profile', 'streaming', 'Co-NMF settings: streaming (warm start, Adam, early stop) or '
+      'paper (1800 GD steps, cold k-means start every window).', 'processing',
+      choices=('streaming', 'paper')),
+    P('solver_max_steps', 0, 'Cap on co-NMF steps per window (0 = the profile default).',
+      'processing', range=(0, 10000)),
+    P('mask_threshold', 0.5, 'Threshold on the sounding factor\'s soft map (0..1) for the mask.',
+      'processing', range=(0.0, 1.0)),
+    P('min_component_area', 0, 'Mask components smaller than this many pixels are removed.',
+      'processing', range=(0, 100_000_000)),
+    P('top_k', 5, 'Number of runner-up labels per object.', 'processing', range=(1, 50)),
+    P('audio_context', 'tile', "CLAP input: 'tile' repeats the window to 7 s (TACO), 'history' "
+      "uses the last 7 s of real audio.", 'processing', choices=('tile', 'history')),
+    P('silence_rms', 0.001, 'Windows whose RMS is below this are "nothing sounding" without '
+      'running the models (0 disables the gate).', 'processing', range=(0.0, 1.0)),
+    # -- inputs --
+    P('image_transport', 'raw', "'raw' subscribes to image (sensor_msgs/Image), 'compressed' to "
+      "image/compressed (sensor_msgs/CompressedImage).", 'inputs', read_only=True,
+      choices=('raw', 'compressed')),
+    P('image_qos', 'sensor_data', 'QoS of the image subscription; sensor_data (best effort) '
+      'connects to reliable and best-effort publishers alike.', 'inputs', read_only=True,
+      choices=QOS_PROFILES),
+    P('image_qos_depth', 5, 'History depth of the image subscription.', 'inputs', read_only=True,
+      range=(1, 1000)),
+    P('audio_msg_type', 'auto', 'Audio message type; auto takes the type advertised on the audio '
+      'topic.', 'inputs', read_only=True,
+      choices=('auto', 'taco', 'int16_multiarray', 'float32_multiarray', 'audio_common_stamped',
+               'audio_data_stamped', 'audio_data')),
+    P('audio_qos', 'sensor_data', 'QoS of the audio subscription.', 'inputs', read_only=True,
+      choices=QOS_PROFILES),
+    P('audio_qos_depth', 50, 'History depth of the audio subscription (bursts of small chunks).',
+      'inputs', read_only=True, range=(1, 10000)),
+    P('audio_sample_rate', 16000, 'Sample rate of headerless audio (std_msgs multiarrays; '
+      'audio_data without audio_info).', 'inputs', range=(1000, 384000)),
+    P('audio_channels', 1, 'Interleaved channels of headerless audio.', 'inputs', range=(1, 64)),
+    P('audio_channel', -1, 'Channel used from multi-channel audio; -1 averages all channels.',
+      'inputs', range=(-1, 63)),
+    P('max_image_pixels', 16_777_216, 'Frames with more pixels are refused (and reported).',
+      'inputs', range=(1, 1_000_000_000)),
+    # -- windows --
+    P('window_sec', 1.0, 'Length of the audio window factorised with one frame (TACO: 1 s).',
+      'windows', range=(0.1, 7.0)),
+    P('hop_sec', 1.0, 'Time between window ends.', 'windows', range=(0.05, 10.0)),
+    P('pair_with', 'end', 'Pair each window with the camera frame nearest its end or its centre.',
+      'windows', choices=('end', 'centre')),
+    P('pair_tolerance', 0.1, 'Largest |frame stamp - pairing time| accepted, seconds.', 'windows',
+      range=(0.0, 5.0)),
+    P('frame_wait', 0.2, 'How far the audio may run past the pairing time while waiting for a '
+      'later frame, seconds.', 'windows', range=(0.0, 5.0)),
+    P('buffer_sec', 10.0, 'Audio ring buffer length, seconds.', 'windows', read_only=True,
+      range=(2.0, 120.0)),
+    P('stamp_tolerance', 0.02, 'Chunk stamps within this of the buffer end are appended '
+      'contiguously (clock jitter), seconds.', 'windows', range=(0.0, 0.5)),
+    P('cold_start_gap', 0.25, 'Zero-filled audio in a window (seconds) that forces a cold '
+      'co-NMF start.', 'windows', range=(0.0, 60.0)),
+    # -- diagnostics --
+    P('diagnostics_period', 1.0, 'Period of /diagnostics, seconds.', 'diagnostics',
+      read_only=True, range=(0.1, 60.0)),
+    P('latency_warn', 1.5, 'Window latency (window end to publish) above which diagnostics '
+      'warn, seconds.', 'diagnostics', range=(0.0, 600.0)),
+    P('latency_error', 5.0, 'Window latency above which diagnostics report an error, seconds.',
+      'diagnostics', range=(0.0, 600.0)),
+    P('input_timeout', 2.0, 'No image or audio for this long is reported as a warning, seconds.',
+      'diagnostics', range=(0.1, 600.0)),
+    P('debug_alpha', 0.5, 'Opacity of the mask in debug_image.', 'diagnostics',
+      range=(0.0, 1.0)),
+    # -- lifecycle --
+    P('autostart', True, 'Configure and activate at start-up (false: wait for a lifecycle '
+      'manager).', 'lifecycle', read_only=True, startup_only=True),
+]
+del P
+
+PARAMETERS_BY_NAME: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMETERS}
+
+
+def defaults() -> dict[str, Any]:
+    """{name: default} of every parameter."""
+    return {spec.name: _copy(spec.default) for spec in PARAMETERS}
+
+
+def _copy(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else value
+
+
+# ------------------------------------------------------------------------------------ validation
+def validate(name: str, value: Any) -> str | None:
+    """Why ``value`` is not acceptable for parameter ``name`` (None when it is).
+
+    Checks the type, the range and the choices, plus the rules rclpy cannot express (device
+    syntax, vocabulary words). Cross-parameter rules are in :func:`validate_together`.
+    """
+    spec = PARAMETERS_BY_NAME.get(name)
+    if spec is None:
+        return None     # not ours (use_sim_time, qos overrides ...)
+    kind = spec.type_name
+    if kind == 'bool' and not isinstance(value, bool):
+        return f'{name} must be a bool, got {value!r}'
+    if kind == 'int' and (isinstance(value, bool) or not isinstance(value, int)):
+        return f'{name} must be an integer, got {value!r}'
+    if kind == 'double':
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f'{name} must be a number, got {value!r}'
+        if not math.isfinite(value):
+            return f'{name} must be finite, got {value!r}'
+    if kind == 'string' and not isinstance(value, str):
+        return f'{name} must be a string, got {value!r}'
+    if spec.range is not None and not spec.range[0] <= value <= spec.range[1]:
+        return f'{name}={value} is outside [{spec.range[0]}, {spec.range[1]}]'
+    if spec.choices is not None and value not in spec.choices:
+        return f'{name}={value!r} is not one of {", ".join(spec.choices)}'
+    if name == 'device' and not DEVICE_PATTERN.match(value):
+        return f"device={value!r} must be auto, cpu, cuda or cuda:N"
+    if name == 'vocabulary':
+        return validate_vocabulary(value)
+    return None
+
+
+MAX_WORD_LENGTH = 200
+
+
+def validate_vocabulary(words: Any) -> str | None:
+    """Why ``words`` is not a usable vocabulary (None when it is; [] means the default)."""
+    if isinstance(words, (str, bytes)) or not isinstance(words, Iterable):
+        return f'vocabulary must be a list of words, got {words!r}'
+    words = list(words)
+    bad = [w for w in words if not isinstance(w, str) or not w.strip()]
+    if bad:
+        return f'vocabulary words must be non-empty strings, got {bad[:5]!r}'
+    long = [w for w in words if len(w) > MAX_WORD_LENGTH]
+    if long:
+        return f'vocabulary words must be at most {MAX_WORD_LENGTH} characters, got {long[0][:40]!r}...'
+    seen: set[str] = set()
+    duplicates = sorted({w for w in words if w in seen or seen.add(w)})
+    if duplicates:
+        return f'vocabulary has duplicate words: {duplicates[:5]}'
+    if len(words) == 1:
+        return 'vocabulary needs at least 2 words (the label is a choice among them)'
+    return None
+
+
+def validate_together(values: dict[str, Any]) -> str | None:
+    """Rules that tie parameters together; ``values`` holds every parameter's effective value."""
+    if values['latency_error'] < values['latency_warn']:
+        return (f"latency_error ({values['latency_error']}) must be >= latency_warn "
+                f"({values['latency_warn']})")
+    context = 7.0 if values['audio_context'] == 'history' else 0.0
+    needed = values['window_sec'] + context + 1.0
+    if values['buffer_sec'] < needed:
+        return (f"buffer_sec ({values['buffer_sec']}) must hold window_sec + the audio context + 1 s "
+                f"= {needed}")
+    return None
+
+
+# -------------------------------------------------------------------------------------- ROS glue
+def descriptor(spec: ParamSpec) -> Any:
+    """rcl_interfaces ParameterDescriptor of a spec (description, range, read_only)."""
+    from rcl_interfaces.msg import (
+        FloatingPointRange,
+        IntegerRange,
+        ParameterDescriptor,
+        ParameterType,
+    )
+
+    result = ParameterDescriptor(
+        name=spec.name, description=spec.full_description(), read_only=spec.startup_only)
+    if spec.range is not None:
+        if spec.type_name == 'int':
+            result.integer_range = [IntegerRange(
+                from_value=int(spec.range[0]), to_value=int(spec.range[1]), step=0)]
+        else:
+            result.floating_point_range = [FloatingPointRange(
+                from_value=float(spec.range[0]), to_value=float(spec.range[1]), step=0.0)]
+    if spec.choices:
+        result.additional_constraints = 'one of: ' + ', '.join(spec.choices)
+    if spec.type_name == 'string[]':
+        # An empty default cannot carry the string-array type, so the type is checked by validate().
+        result.type = ParameterType.PARAMETER_STRING_ARRAY
+        result.dynamic_typing = True
+    return result
+
+
+def declare_all(node: Any) -> None:
+    """Declare every parameter on ``node`` (values from overrides, e.g. a YAML file, win)."""
+    for spec in PARAMETERS:
+        node.declare_parameter(spec.name, _copy(spec.default), descriptor(spec))
+
+
+def qos_profile(name: str, depth: int) -> Any:
+    """rclpy QoSProfile for a QoS parameter value."""
+    from rclpy.qos import (
+        HistoryPolicy,
+        QoSProfile,
+        ReliabilityPolicy,
+        qos_profile_sensor_data,
+        qos_profile_system_default,
+    )
+
+    if name == 'sensor_data':
+        profile = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=depth,
+            reliability=qos_profile_sensor_data.reliability,
+            durability=qos_profile_sensor_data.durability)
+    elif name == 'reliable':
+        profile = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
+    elif name == 'best_effort':
+        profile = QoSProfile(depth=depth, reliability=ReliabilityPolicy.BEST_EFFORT)
+    elif name == 'system_default':
+        profile = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=depth,
+            reliability=qos_profile_system_default.reliability,
+            durability=qos_profile_system_default.durability)
+    else:
+        raise ValueError(f'unknown QoS profile {name!r}; expected one of {QOS_PROFILES}')
+    return profile
+
+
+# ----------------------------------------------------------------------------------------- docs
+def _format_default(value: Any) -> str:
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return '[]' if not value else '[' + ', '.join(f'"{v}"' for v in value) + ']'
+    return repr(value)
+
+
+def markdown_table() -> str:
+    """README tables: topics/services, then parameters (generated from TOPICS and PARAMETERS)."""
+    lines = ['| Topic / service | Direction | Type | QoS | Content |', '|---|---|---|---|---|']
+    for topic in TOPICS:
+        lines.append(f'| `{topic.name}` | {topic.direction} | {topic.type} | {topic.qos} | '
+                     f'{topic.description} |')
+    lines += ['', '| Parameter | Type | Default | Range | Changes | Description |',
+              '|---|---|---|---|---|---|']
+    for spec in PARAMETERS:
+        rng = '' if spec.range is None else f'{spec.range[0]} .. {spec.range[1]}'
+        change = 'start-up' if spec.startup_only else 'reconfigure' if spec.read_only else 'live'
+        lines.append(
+            f'| `{spec.name}` | {spec.type_name} | `{_format_default(spec.default)}` | {rng} | '
+            f'{change} | {spec.full_description(change_note=False).replace("|", "/")} |')
+    return '\n'.join(lines) + '\n'
+
+
+def yaml_text(node_name: str = NODE_NAME) -> str:
+    """config/taco.yaml content: every parameter at its default, grouped, with descriptions."""
+    lines = [
+        '# taco_node parameters (defaults). Generated from taco_ros/params.py; a test keeps them equal.',
+        '# Read-only ones change only by reconfiguring the lifecycle node; the others are live.',
+        f'{node_name}:', '  ros__parameters:']
+    group = None
+    for spec in PARAMETERS:
+        if spec.group != group:
+            group = spec.group
+            lines.append(f'    # -- {group}')
+        if isinstance(spec.default, list) and not spec.default:
+            # rcl's YAML parser reads an empty list as "not set": leave the default to the node.
+            lines.append(f'    # {spec.name}: ["word", "other word"]   # default []: see the README')
+            continue
+        lines.append(f'    {spec.name}: {_format_default(spec.default)}')
+    return '\n'.join(lines) + '\n'
