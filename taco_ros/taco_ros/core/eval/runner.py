@@ -1,0 +1,387 @@
+"""Run a benchmark through TACO in one of four modes and accumulate the paper's metrics (method.md §5.2, §7).
+
+Modes:
+
+* ``paper``: the reference solver (cold start on every frame, plain GD, 1800 steps); on S4 the frames of a
+  video are factorised together with the batch temporal term, as the authors do.
+* ``streaming``: the robot's solver (warm start from the previous frame of the same video, Adam with early
+  stopping, causal temporal term); frames are played video by video, the state is reset between videos.
+* ``coarse``: no segmenter; the k* activation map on the token grid is the prediction (the paper's ``*_u``).
+* ``baseline``: the A-FC-CLIP baseline of the pipeline.
+
+Post-processing of a soft map, as the authors' ``infer_once``: min-max normalise, then bicubic resize
+(align_corners=True) to the ground truth's size (224×224 for every benchmark). Semantic benchmarks paint the
+hard mask with the predicted class (ADE-SP-semantic: the min-max map rounded at 0.5, painted class + 1;
+AVSS: argmax over the factors == k*, painted class) and resize it with nearest neighbours.
+
+The runner only talks to an :class:`Engine`; :class:`PipelineEngine` wraps ``TacoPipeline``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from taco_ros.core.eval import metrics as m
+from taco_ros.core.eval.datasets import Benchmark, Sample, load_audio
+
+MODES = ('paper', 'streaming', 'coarse', 'baseline')
+CLIP_SECONDS = 7.0            # CLAP's input length: longer clips are cropped, shorter ones tiled
+FRAME_PERIOD = 1.0            # AVSBench frames are one second apart
+
+
+@dataclass
+class Clip:
+    """Audio handed to the engine for one frame."""
+
+    samples: np.ndarray       # float32 [n] or [n, C]
+    sample_rate: int
+    start: float              # seconds; frames of a video are FRAME_PERIOD apart
+
+
+@dataclass
+class FrameOutput:
+    """What the runner needs from one processed frame (all maps at the frame's size unless noted)."""
+
+    score: np.ndarray | None          # soft map of k* (semantic map; coarse map upsampled in coarse mode)
+    mask: np.ndarray                  # the node's own mask, 0 = background
+    coarse: np.ndarray | None = None  # U_I[:, k*] on the token grid [g, g] (the paper's unrefined map)
+    hard: np.ndarray | None = None    # argmax over the K semantic maps == k* (AVSS protocol)
+    label: str | None = None          # best anchor word for the factor k*
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    """A TACO implementation seen by the runner."""
+
+    random_weights: bool
+    vocabulary: list[str]
+    description: dict
+
+    def begin_run(self, run: int) -> None:
+        """Called before each repetition (changes the solver seed)."""
+
+    def run_video(self, frames: Sequence[np.ndarray], clips: Sequence[Clip],
+                  temporal: bool) -> list[FrameOutput]:
+        """Process consecutive frames of one video (or one image); ``temporal`` = paper batch term."""
+
+    def close(self) -> None:
+        """Free the models."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Map post-processing (method.md §5.2)
+# --------------------------------------------------------------------------------------------------
+
+def minmax(score: np.ndarray) -> np.ndarray:
+    """(s − min) / (max − min). A constant map (TACO would divide 0 by 0) becomes all zeros."""
+    score = np.asarray(score, dtype=np.float32)
+    low, high = float(score.min()), float(score.max())
+    if not high > low:
+        return np.zeros_like(score)
+    return (score - low) / (high - low)
+
+
+def resize_bicubic(score: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bicubic resize with align_corners=True (values may overshoot [0, 1] slightly, as in the paper)."""
+    import torch
+    import torch.nn.functional as F
+
+    tensor = torch.from_numpy(np.ascontiguousarray(score, dtype=np.float32))[None, None]
+    return F.interpolate(tensor, size=size, mode='bicubic', align_corners=True)[0, 0].numpy()
+
+
+def resize_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label map (torch 'nearest': source index = floor(dst · in / out))."""
+    import torch
+    import torch.nn.functional as F
+
+    tensor = torch.from_numpy(np.asarray(labels, dtype=np.float32))[None, None]
+    return F.interpolate(tensor, size=size, mode='nearest')[0, 0].numpy().round().astype(np.int64)
+
+
+def paper_score(score: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """minmax → bicubic to ``size``: the map the paper's threshold sweeps see."""
+    return resize_bicubic(minmax(score), size)
+
+
+# --------------------------------------------------------------------------------------------------
+# Audio policy
+# --------------------------------------------------------------------------------------------------
+
+def paper_audio(samples: np.ndarray, rate: int, rng: np.random.Generator) -> np.ndarray:
+    """The authors' waveform handling: channels concatenated end to end, a random 7-s crop if longer."""
+    if samples.ndim == 2:
+        samples = np.ascontiguousarray(samples.T).reshape(-1)
+    length = round(CLIP_SECONDS * rate)
+    if samples.shape[0] > length:
+        start = int(rng.integers(0, samples.shape[0] - length + 1))
+        samples = samples[start:start + length]
+    return samples
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-run accumulation
+# --------------------------------------------------------------------------------------------------
+
+class RunMeters:
+    """The meters of one run for one benchmark and mode."""
+
+    def __init__(self, benchmark: Benchmark, mode: str, vocabulary: list[str]) -> None:
+        self.benchmark = benchmark.name
+        self.mode = mode
+        self.vocabulary = {word: i for i, word in enumerate(vocabulary)}
+        self.semantic = benchmark.semantic
+        suffix = '_u' if mode == 'coarse' else ''
+        self.suffix = suffix
+        if self.semantic:
+            self.semantic_meter = m.SemanticMeter(benchmark.num_classes)
+        elif benchmark.name == 'ade_sp':
+            self.refined = m.ADEDetectionMeter()
+            self.unrefined = m.ADEDetectionMeter() if mode != 'coarse' else None
+        else:
+            self.refined = m.AVSBenchMeter()
+            self.unrefined = m.AVSBenchMeter() if mode != 'coarse' else None
+        self.fixed = m.FixedMaskIoU()
+        self.negative = m.NegativeAudioMeter()
+        self.timings: dict[str, list[float]] = defaultdict(list)
+        self.unrefined_missing = 0
+
+    def _class_index(self, label: str | None) -> int:
+        if label is None or label not in self.vocabulary:
+            raise ValueError(f'engine returned label {label!r}, which is not in the evaluation vocabulary')
+        return self.vocabulary[label]
+
+    def add(self, sample: Sample, output: FrameOutput, target: np.ndarray) -> None:
+        for stage, value in output.timings.items():
+            self.timings[stage].append(float(value))
+        size = target.shape
+        if self.semantic:
+            self.semantic_meter.update(self._semantic_prediction(output, size), target)
+            return
+        if output.score is None:
+            raise ValueError('engine returned no score map for a binary benchmark')
+        self._update(self.refined, paper_score(output.score, size), target, sample)
+        if self.unrefined is not None:
+            if output.coarse is None:
+                self.unrefined_missing += 1
+            else:
+                self._update(self.unrefined, paper_score(output.coarse, size), target, sample)
+        self.fixed.update(resize_nearest(np.asarray(output.mask) > 0, size), target)
+
+    def _semantic_prediction(self, output: FrameOutput, size: tuple[int, int]) -> np.ndarray:
+        index = self._class_index(output.label)
+        if self.benchmark == 'avss':
+            hard = output.hard if output.hard is not None else np.asarray(output.mask) > 0
+            return resize_nearest(np.asarray(hard, dtype=np.float32) * index, size)
+        # ADE-SP-semantic: min-max map rounded at 0.5 (round half to even, like torch.round).
+        if output.score is None:
+            raise ValueError('engine returned no score map for ADE-SP-semantic')
+        soft = np.rint(minmax(output.score))
+        return resize_nearest(soft * (index + 1), size)
+
+    def _update(self, meter, score: np.ndarray, target: np.ndarray, sample: Sample) -> None:
+        if isinstance(meter, m.ADEDetectionMeter):
+            meter.update(score, target, sample.class_id)
+        else:
+            meter.update(score, target)
+
+    def add_negative(self, output: FrameOutput) -> None:
+        self.negative.update(output.mask)
+
+    # -- results ---------------------------------------------------------------------------------
+    def result(self) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        if self.semantic:
+            sem = self.semantic_meter.result()
+            out.update(miou=sem['miou'], fscore=sem['fscore'])
+            return out
+        names = ('miou', 'map') if self.benchmark == 'ade_sp' else ('miou', 'fscore')
+        refined = self.refined.result()
+        for name in names:
+            out[name + self.suffix] = refined[name]
+        if self.unrefined is not None and self.unrefined.images:
+            unrefined = self.unrefined.result()
+            for name in names:
+                out[name + '_u'] = unrefined[name]
+        out['miou_fixed' + self.suffix] = self.fixed.result()['miou_fixed']
+        if self.negative.frames:
+            out['negative_empty_rate'] = self.negative.result()['negative_empty_rate']
+        return out
+
+    def curves(self) -> dict:
+        """IoU against threshold, for the plot: AVSBench absolute thresholds, ADE-SP relative steps."""
+        if self.semantic:
+            return {}
+        curves = {}
+        for name, meter in (('refined' if self.mode != 'coarse' else 'coarse', self.refined),
+                            ('coarse', self.unrefined)):
+            if meter is None or meter.images == 0:
+                continue
+            if isinstance(meter, m.ADEDetectionMeter):
+                iou = meter.mean_iou_by_step()
+                curves[name] = {'thresholds': np.linspace(0, 1, len(iou)).tolist(), 'iou': iou.tolist(),
+                                'x_label': 'threshold, fraction of each class score range (pooled IoU)'}
+            else:
+                curves[name] = {'thresholds': list(meter.thresholds),
+                                'iou': meter.iou_by_threshold().tolist(),
+                                'x_label': 'threshold on the min-max normalised map'}
+        return curves
+
+
+# --------------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class RunOptions:
+    mode: str = 'paper'
+    runs: int = 1
+    seed: int = 0
+    negative_audio: bool = True
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f'unknown mode {self.mode!r}; choose one of {", ".join(MODES)}')
+        if self.runs < 1:
+            raise ValueError(f'runs must be at least 1, got {self.runs}')
+
+
+def evaluation_units(benchmark: Benchmark, mode: str) -> list[list[Sample]]:
+    """What is processed together: videos (S4 in every mode, any video in streaming), else single frames."""
+    if benchmark.name == 's4' or mode == 'streaming':
+        return benchmark.videos()
+    return [[sample] for sample in benchmark.samples]
+
+
+def negative_partners(units: list[list[Sample]]) -> list[int]:
+    """For each unit, another unit whose audio plays over it: the next one from another video, preferably
+    of another class. -1 when the benchmark has a single video."""
+    partners = []
+    for index, unit in enumerate(units):
+        chosen, fallback = -1, -1
+        for offset in range(1, len(units)):
+            other = units[(index + offset) % len(units)]
+            if other[0].video == unit[0].video:
+                continue
+            if fallback < 0:
+                fallback = (index + offset) % len(units)
+            if not unit[0].class_name or other[0].class_name != unit[0].class_name:
+                chosen = (index + offset) % len(units)
+                break
+        partners.append(chosen if chosen >= 0 else fallback)
+    return partners
+
+
+class _AudioSource:
+    """Loads clips with the mode's audio policy; the paper's random crops draw from a seeded generator."""
+
+    def __init__(self, paper: bool, seed: int) -> None:
+        self.paper = paper
+        self.rng = np.random.default_rng(seed)
+
+    def clip(self, sample: Sample) -> Clip:
+        samples, rate = load_audio(sample.audio)
+        if self.paper:
+            samples = paper_audio(samples, rate, self.rng)
+        return Clip(samples, rate, sample.frame_index * FRAME_PERIOD)
+
+
+def _progress(total: int, description: str, enabled: bool):
+    from tqdm import tqdm
+
+    # disable=None turns the bar off when stderr is not a terminal (logs, CI).
+    return tqdm(total=total, desc=description, unit='frame', disable=None if enabled else True,
+                leave=False, dynamic_ncols=True)
+
+
+def run_once(benchmark: Benchmark, engine: Engine, options: RunOptions, run: int) -> RunMeters:
+    """One pass over the benchmark (plus the swapped-audio pass for binary benchmarks)."""
+    meters = RunMeters(benchmark, options.mode, engine.vocabulary)
+    units = evaluation_units(benchmark, options.mode)
+    audio = _AudioSource(options.mode == 'paper', options.seed + run)
+    temporal = benchmark.name == 's4' and options.mode == 'paper'
+    negatives = options.negative_audio and not benchmark.semantic and len(units) > 1
+    total = len(benchmark) * (2 if negatives else 1)
+    engine.begin_run(run)
+    with _progress(total, f'{benchmark.name} {options.mode} run {run + 1}/{options.runs}',
+                   options.progress) as bar:
+        for unit in units:
+            frames = [benchmark.load_image(s) for s in unit]
+            outputs = engine.run_video(frames, [audio.clip(s) for s in unit], temporal)
+            for sample, output in zip(unit, outputs, strict=True):
+                meters.add(sample, output, benchmark.load_mask(sample))
+            bar.update(len(unit))
+        if negatives:
+            for unit, partner in zip(units, negative_partners(units), strict=True):
+                if partner < 0:      # every unit is from the same video: no foreign audio to play
+                    bar.update(len(unit))
+                    continue
+                other = units[partner]
+                clips = [audio.clip(other[min(i, len(other) - 1)]) for i in range(len(unit))]
+                outputs = engine.run_video([benchmark.load_image(s) for s in unit], clips, temporal)
+                for output in outputs:
+                    meters.add_negative(output)
+                bar.update(len(unit))
+    return meters
+
+
+def evaluate(benchmark: Benchmark, engine: Engine, options: RunOptions,
+             log: Callable[[str], None] = print) -> dict:
+    """Repeat the benchmark ``options.runs`` times; the JSON-able summary of report.build_summary."""
+    from taco_ros.core.eval.report import build_summary
+
+    options.validate()
+    results, curves, timings = [], [], defaultdict(list)
+    notes: list[str] = []
+    started = time.perf_counter()
+    for run in range(options.runs):
+        meters = run_once(benchmark, engine, options, run)
+        results.append(meters.result())
+        curves.append(meters.curves())
+        for stage, values in meters.timings.items():
+            timings[stage].extend(values)
+        if meters.unrefined_missing:
+            notes.append(f'run {run + 1}: the engine gave no token-grid map for {meters.unrefined_missing} '
+                         'frames; *_u metrics cover the others only')
+        log(f'run {run + 1}/{options.runs}: ' + ', '.join(
+            f'{k} {v:.2f}' for k, v in results[-1].items() if v is not None))
+    if engine.random_weights:
+        notes.append('random weights: the numbers exercise the code path and mean nothing about TACO')
+    settings = dict(engine.description)
+    settings.update(mode=options.mode, runs=options.runs, seed=options.seed,
+                    negative_audio=options.negative_audio,
+                    audio='paper: channels concatenated, random 7-s crop' if options.mode == 'paper'
+                    else 'as recorded (the encoder averages channels, keeps the last 7 s)',
+                    wall_time_s=time.perf_counter() - started)
+    return build_summary(benchmark=benchmark.name, mode=options.mode, runs=results, settings=settings,
+                         samples=len(benchmark), random_weights=engine.random_weights,
+                         curves=_mean_curves(curves), timings=timings, notes=notes)
+
+
+def _mean_curves(per_run: list[dict]) -> dict:
+    """Average each named curve over the runs (same thresholds in every run)."""
+    out = {}
+    for name in per_run[0] if per_run else []:
+        runs = [c[name] for c in per_run if name in c]
+        out[name] = dict(runs[0])
+        out[name]['iou'] = np.mean([r['iou'] for r in runs], axis=0).tolist()
+    return out
+
+
+def resolve_vocabulary(benchmark: Benchmark, default: Sequence[str]) -> list[str]:
+    """The factorisation bank: the benchmark's own, or ``default`` (AudioSet) minus its dropped labels."""
+    if benchmark.vocabulary is not None:
+        return list(benchmark.vocabulary)
+    dropped = set(benchmark.dropped_labels)
+    missing = dropped - set(default)
+    if missing:
+        raise ValueError(f'labels to drop are not in the default vocabulary: {sorted(missing)}')
+    return [word for word in default if word not in dropped]
+

@@ -1,0 +1,241 @@
+"""``taco-ros eval``: runner plumbing with an oracle engine, reports, the whole command on tiny datasets."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from eval_fixtures import write_all
+
+from taco_ros.core.eval import report as r
+from taco_ros.core.eval import runner as rn
+from taco_ros.core.eval.datasets import load_benchmark
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory) -> dict[str, dict]:
+    return write_all(tmp_path_factory.mktemp('eval_command'))
+
+
+# ---------------------------------------------------------------- post-processing
+
+def test_minmax_and_bicubic_align_corners():
+    score = np.array([[1.0, 3.0], [5.0, 9.0]], np.float32)
+    normalised = rn.minmax(score)
+    assert normalised.min() == 0.0 and normalised.max() == 1.0
+    assert rn.minmax(np.full((3, 3), 4.0)).max() == 0.0            # constant map: no NaN
+    resized = rn.paper_score(score, (5, 5))
+    # align_corners=True keeps the corner values exactly.
+    assert resized[0, 0] == pytest.approx(0.0) and resized[-1, -1] == pytest.approx(1.0)
+    assert resized[0, -1] == pytest.approx(0.25) and resized[-1, 0] == pytest.approx(0.5)
+    same = np.random.default_rng(0).random((7, 7)).astype(np.float32)
+    np.testing.assert_allclose(rn.resize_bicubic(same, (7, 7)), same, atol=1e-6)
+
+
+def test_nearest_resize_of_labels():
+    labels = np.array([[0, 1], [2, 3]])
+    np.testing.assert_array_equal(rn.resize_nearest(labels, (4, 4)),
+                                  [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
+
+
+def test_paper_audio_concatenates_channels_and_crops_to_7_s():
+    rng = np.random.default_rng(0)
+    stereo = np.stack([np.zeros(100, np.float32), np.ones(100, np.float32)], axis=1)
+    flat = rn.paper_audio(stereo, 100, rng)
+    np.testing.assert_array_equal(flat, np.r_[np.zeros(100), np.ones(100)])   # L then R, not averaged
+    long = np.arange(1000, dtype=np.float32)
+    crop = rn.paper_audio(long, 100, rng)
+    assert crop.shape == (700,) and np.all(np.diff(crop) == 1)
+    assert rn.paper_audio(long[:300], 100, rng).shape == (300,)                # short: left to the encoder
+
+
+def test_vocabulary_drops_music_for_ms3(tiny):
+    ms3 = load_benchmark('ms3', tiny['ms3']['root'])
+    assert rn.resolve_vocabulary(ms3, ['Music', 'Speech', 'Dog']) == ['Speech', 'Dog']
+    avss = load_benchmark('avss', tiny['avss']['root'])
+    assert rn.resolve_vocabulary(avss, ['Music']) == avss.vocabulary
+    with pytest.raises(ValueError, match='Music'):
+        rn.resolve_vocabulary(ms3, ['Speech'])
+
+
+def test_negative_partners_prefer_another_video_and_class(tiny):
+    s4 = load_benchmark('s4', tiny['s4']['root'])
+    units = rn.evaluation_units(s4, 'paper')
+    assert [len(u) for u in units] == [3, 3]
+    assert rn.negative_partners(units) == [1, 0]
+    ade = load_benchmark('ade_sp', tiny['ade_sp']['root'])
+    units = rn.evaluation_units(ade, 'paper')
+    partners = rn.negative_partners(units)
+    for index, partner in enumerate(partners):
+        assert units[partner][0].class_name != units[index][0].class_name
+    assert rn.negative_partners([[s4.samples[0]]]) == [-1]
+
+
+# ---------------------------------------------------------------- runner with an oracle engine
+
+def _contains(signal: np.ndarray, piece: np.ndarray) -> bool:
+    """Whether ``piece`` occurs in ``signal`` (the paper policy may have cropped the clip anywhere)."""
+    for start in np.flatnonzero(signal == piece[0])[:2000]:
+        if np.array_equal(signal[start:start + piece.size], piece):
+            return True
+    return False
+
+
+class OracleEngine:
+    """Returns the ground truth as the score map when the audio is the frame's own, nothing otherwise.
+
+    Frames are recognised by their pixels, and an image prompted with several sounds by its audio.
+    """
+
+    random_weights = False
+
+    def __init__(self, benchmark, vocabulary):
+        self.description = {'engine': 'oracle'}
+        self.vocabulary = vocabulary
+        self.benchmark = benchmark
+        self.truth = {}
+        self.runs = []
+        self.temporal_calls = []
+        for sample in benchmark.samples:
+            own, _ = rn.load_audio(sample.audio)
+            # Both layouts a clip can arrive in: channels concatenated (paper) or interleaved frames.
+            layouts = (np.ravel(own.T), np.ravel(own))
+            self.truth.setdefault(benchmark.load_image(sample).tobytes(), []).append(
+                (sample, benchmark.load_mask(sample), layouts))
+
+    def begin_run(self, run):
+        self.runs.append(run)
+
+    def _output(self, frame, clip):
+        heard = np.ravel(clip.samples)
+        heard = heard[np.flatnonzero(heard)[0]:][:64]      # speech starts with silence: skip it
+        for sample, target, layouts in self.truth[frame.tobytes()]:
+            if any(_contains(own, heard) for own in layouts):
+                binary = (target > 0).astype(np.float32)
+                label = self.vocabulary[max(sample.class_id, 0)] if self.benchmark.semantic else None
+                return binary, label
+        return np.zeros((224, 224), np.float32), self.vocabulary[0]
+
+    def run_video(self, frames, clips, temporal):
+        self.temporal_calls.append(temporal)
+        outputs = []
+        for frame, clip in zip(frames, clips, strict=True):
+            binary, label = self._output(frame, clip)
+            outputs.append(rn.FrameOutput(score=binary, mask=binary.astype(np.uint8), coarse=binary[::8, ::8],
+                                          hard=binary > 0, label=label,
+                                          timings={'conmf': 2.0, 'total': 3.0}))
+        return outputs
+
+    def close(self):
+        pass
+
+
+def _evaluate(benchmark, mode='paper', runs=1):
+    vocabulary = rn.resolve_vocabulary(benchmark, ['Music', 'Dog bark'])
+    engine = OracleEngine(benchmark, vocabulary)
+    options = rn.RunOptions(mode=mode, runs=runs, progress=False)
+    return engine, rn.evaluate(benchmark, engine, options, log=lambda _: None)
+
+
+def test_oracle_scores_100_on_s4_with_the_temporal_batch(tiny):
+    benchmark = load_benchmark('s4', tiny['s4']['root'])
+    engine, summary = _evaluate(benchmark, runs=2)
+    assert engine.runs == [0, 1]
+    assert all(engine.temporal_calls)                               # S4 paper: one temporal batch per video
+    mean = summary['mean']
+    assert mean['miou'] == pytest.approx(100, abs=1e-3) and mean['fscore'] == pytest.approx(100, abs=1e-3)
+    assert mean['miou_fixed'] == pytest.approx(100, abs=1e-3)
+    # Swapped audio: the oracle outputs nothing, so every negative frame is empty.
+    assert mean['negative_empty_rate'] == 100
+    assert 0 < mean['miou_u'] <= 100                                # the 8× coarser grid is imperfect
+    assert summary['std']['miou'] == 0 and len(summary['runs']) == 2
+    assert summary['timings_ms']['conmf']['mean'] == 2.0
+    assert summary['timings_ms']['conmf']['count'] == 2 * len(benchmark)
+    assert summary['curves']['refined']['thresholds'] == list(r_thresholds())
+    assert set(summary['reference']) == {'miou', 'fscore', 'miou_u', 'fscore_u'}
+
+
+def r_thresholds():
+    from taco_ros.core.eval.metrics import AVSBENCH_THRESHOLDS
+
+    return AVSBENCH_THRESHOLDS
+
+
+def test_oracle_streaming_plays_videos_in_order(tiny):
+    benchmark = load_benchmark('ms3', tiny['ms3']['root'])
+    engine, summary = _evaluate(benchmark, mode='streaming')
+    assert not any(engine.temporal_calls)
+    assert summary['mean']['miou'] == pytest.approx(100, abs=1e-3)
+    assert summary['settings']['mode'] == 'streaming'
+
+
+def test_oracle_coarse_mode_reports_unrefined_keys(tiny):
+    benchmark = load_benchmark('ade_sp', tiny['ade_sp']['root'])
+    _, summary = _evaluate(benchmark, mode='coarse')
+    assert set(summary['mean']) == {'miou_u', 'map_u', 'miou_fixed_u', 'negative_empty_rate'}
+    assert summary['mean']['miou_u'] == pytest.approx(100, abs=1e-3)
+    assert summary['mean']['map_u'] == pytest.approx(100, abs=1e-3)
+
+
+def test_oracle_semantic_benchmarks(tiny):
+    ade = load_benchmark('ade_sp_semantic', tiny['ade_sp']['root'])
+    _, summary = _evaluate(ade)
+    # Background, dog and car are perfect; 'person' (the last class) falls outside the authors' histogram.
+    assert summary['mean']['miou'] == pytest.approx(100) and summary['mean']['fscore'] == pytest.approx(100)
+    assert 'negative_empty_rate' not in summary['mean']
+    avss = load_benchmark('avss', tiny['avss']['root'])
+    _, summary = _evaluate(avss)
+    # The oracle paints the sounding object only: the guitar region (class 3) is missed.
+    assert 0 < summary['mean']['miou'] < 100
+
+
+def test_bad_run_options():
+    with pytest.raises(ValueError, match='mode'):
+        rn.RunOptions(mode='fast').validate()
+    with pytest.raises(ValueError, match='runs'):
+        rn.RunOptions(runs=0).validate()
+
+
+# ---------------------------------------------------------------- reports
+
+def _summary(random_weights=False):
+    runs = [{'miou': 60.0, 'fscore': 70.0, 'miou_fixed': 50.0}, {'miou': 62.0, 'fscore': 72.0,
+                                                                 'miou_fixed': None}]
+    return r.build_summary(benchmark='s4', mode='paper', runs=runs, settings={'device': 'cpu'}, samples=10,
+                           random_weights=random_weights,
+                           curves={'refined': {'thresholds': [0.1, 0.2], 'iou': [0.5, 0.6]}},
+                           timings={'conmf': [10.0, 20.0], 'total': [30.0, 50.0]}, notes=['n'])
+
+
+def test_summary_mean_std_and_reference():
+    summary = _summary()
+    assert summary['mean']['miou'] == 61.0 and summary['std']['miou'] == 1.0       # np.std: population
+    assert summary['mean']['miou_fixed'] == 50.0 and summary['std']['miou_fixed'] == 0.0
+    ref = summary['reference']['miou']
+    assert ref['reference'] == 64.04 and ref['delta'] == pytest.approx(-3.04)
+    assert not ref['within_tolerance']                                             # > max(2·0.25, 1)
+    assert summary['timings_ms']['total'] == {'mean': 40.0, 'std': 10.0, 'median': 40.0, 'p90': 48.0,
+                                              'count': 2}
+    assert _summary(random_weights=True)['reference'] == {}
+
+
+def test_table_and_json(tmp_path):
+    table = r.format_table(_summary())
+    assert '61.00 ± 1.00' in table and '64.04 ± 0.25' in table and '-3.04 !' in table
+    assert 'RANDOM WEIGHTS' in r.format_table(_summary(random_weights=True))
+    summary = _summary()
+    summary['mean']['nan_metric'] = math.nan
+    path = r.write_json(tmp_path / 'out' / 'summary.json', summary)
+    loaded = json.loads(path.read_text())
+    assert loaded['mean']['nan_metric'] is None and loaded['runs'][1]['miou_fixed'] is None
+
+
+def test_plots_are_png(tmp_path):
+    paths = r.write_plots(_summary(), tmp_path / 'plots')
+    assert [p.name for p in paths] == ['s4_paper_iou.png', 's4_paper_timing.png']
+    for path in paths:
+        assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    empty = dict(_summary(), curves={}, timings_ms={})
+    assert r.write_plots(empty, tmp_path / 'none') == []
