@@ -126,7 +126,9 @@ class FCCLIP(nn.Module):
         self.criterion = CriterionState(cfg.num_classes, cfg.no_object_weight)
         self.void_embedding = nn.Embedding(1, cfg.embed_dim)
         self.query_chunk = DEFAULT_QUERY_CHUNK
-        # FC-CLIP has no training-mode inference path; dropout is 0 and the CLIP trunk must stay in eval.
+        # Inference only: FC-CLIP has no training-mode inference path (the CLIP trunk's drop_path must stay
+        # off) and no gradients are ever needed.
+        self.requires_grad_(False)
         self.eval()
 
     # -- classifier-independent part ----------------------------------------------------------------
