@@ -27,15 +27,9 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import (
-    DurabilityPolicy,
-    HistoryPolicy,
-    QoSPresetProfiles,
-    QoSProfile,
-    ReliabilityPolicy,
-)
 
 from taco_msgs.msg import AudioChunk
+from taco_ros.params import QOS_PROFILES, qos_profile
 
 # sample_format parameter (also the sounddevice dtype) → (AudioChunk constant, filled field, array typecode)
 SAMPLE_FORMATS: dict[str, tuple[int, str, str]] = {
@@ -43,23 +37,6 @@ SAMPLE_FORMATS: dict[str, tuple[int, str, str]] = {
     'int32': (AudioChunk.FORMAT_S32, 'int32_data', 'i'),
     'float32': (AudioChunk.FORMAT_F32, 'float32_data', 'f'),
 }
-QOS_NAMES = ('sensor_data', 'reliable', 'best_effort', 'system_default')
-
-
-def qos_profile(name: str, depth: int) -> QoSProfile:
-    """QoS profile for a publisher named like isaac_ros' ``*_qos`` parameters (ros.md §2, QoS)."""
-    if name == 'sensor_data':
-        profile = QoSPresetProfiles.SENSOR_DATA.value
-        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
-                          reliability=profile.reliability, durability=profile.durability)
-    if name in ('reliable', 'best_effort'):
-        reliability = (ReliabilityPolicy.RELIABLE if name == 'reliable'
-                       else ReliabilityPolicy.BEST_EFFORT)
-        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability,
-                          durability=DurabilityPolicy.VOLATILE)
-    if name == 'system_default':
-        return QoSPresetProfiles.SYSTEM_DEFAULT.value
-    raise ValueError(f'unknown QoS name {name!r}; expected one of {", ".join(QOS_NAMES)}')
 
 
 class SampleClock:
@@ -246,7 +223,7 @@ class MicNode(Node):
         self.declare_parameter('topic', 'audio', desc('Output topic (relative to the namespace).'))
         self.declare_parameter('qos', 'sensor_data', desc(
             'Publisher QoS: sensor_data (best effort), reliable, best_effort or system_default.',
-            additional_constraints='one of: ' + ', '.join(QOS_NAMES)))
+            additional_constraints='one of: ' + ', '.join(QOS_PROFILES)))
         self.declare_parameter('qos_depth', 20, desc(
             'History depth of the publisher.', integer_range=_int_range(1, 1000)))
         self.declare_parameter('retry_initial_s', 0.5, desc(
@@ -274,8 +251,8 @@ class MicNode(Node):
         if p['sample_format'] not in SAMPLE_FORMATS:
             raise ValueError(f'sample_format must be one of {", ".join(SAMPLE_FORMATS)}, '
                              f'got {p["sample_format"]!r}')
-        if p['qos'] not in QOS_NAMES:
-            raise ValueError(f'qos must be one of {", ".join(QOS_NAMES)}, got {p["qos"]!r}')
+        if p['qos'] not in QOS_PROFILES:
+            raise ValueError(f'qos must be one of {", ".join(QOS_PROFILES)}, got {p["qos"]!r}')
         if p['retry_max_s'] < p['retry_initial_s']:
             raise ValueError('retry_max_s must be >= retry_initial_s')
         return p

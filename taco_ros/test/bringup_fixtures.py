@@ -79,7 +79,7 @@ def speech_samples(text: str, sample_rate: int, workdir: Path) -> np.ndarray:
     wav = workdir / 'speech.wav'
     raw = workdir / 'speech.raw'
     subprocess.run(['espeak-ng', '-w', str(wav), text], check=True, capture_output=True)
-    subprocess.run(['sox', str(wav), '-r', str(sample_rate), '-c', '1', '-b', '16', '-e', 'signed-integer',
+    subprocess.run(['sox', '-D', str(wav), '-r', str(sample_rate), '-c', '1', '-b', '16', '-e', 'signed-integer',
                     '-t', 'raw', str(raw)], check=True, capture_output=True)
     return np.fromfile(raw, dtype='<i2')
 

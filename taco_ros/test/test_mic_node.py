@@ -22,7 +22,7 @@ from bringup_fixtures import (
 rclpy = pytest.importorskip('rclpy')
 pytest.importorskip('taco_msgs.msg')
 
-from taco_ros.mic_node import SampleClock, qos_profile, resolve_input_device  # noqa: E402
+from taco_ros.mic_node import SampleClock, resolve_input_device  # noqa: E402
 
 RATE = 16000
 BLOCK = 800            # 50 ms
@@ -132,14 +132,6 @@ def test_resolve_input_device_errors_name_the_alternatives(spec: str, channels: 
 def test_resolve_input_device_with_no_devices() -> None:
     with pytest.raises(LookupError, match='no input devices'):
         resolve_input_device('', 1, [], default_index=-1)
-
-
-def test_qos_profile_names() -> None:
-    from rclpy.qos import ReliabilityPolicy
-    assert qos_profile('sensor_data', 20).reliability == ReliabilityPolicy.BEST_EFFORT
-    assert qos_profile('reliable', 5).depth == 5
-    with pytest.raises(ValueError, match='unknown QoS'):
-        qos_profile('fast', 5)
 
 
 # -- the real stack ------------------------------------------------------------------------------------
