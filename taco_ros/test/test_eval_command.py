@@ -239,3 +239,109 @@ def test_plots_are_png(tmp_path):
         assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     empty = dict(_summary(), curves={}, timings_ms={})
     assert r.write_plots(empty, tmp_path / 'none') == []
+
+
+# ---------------------------------------------------------------- the whole command, random-weight models
+
+FAST_SOLVER = ['--solver', 'max_steps=12', '--solver', 'kmeans_restarts=1']
+
+
+@pytest.fixture(scope='module')
+def tiny_config(tmp_path_factory) -> str:
+    """taco_tiny at a 128² input instead of 764²: same code path, a fraction of the CPU time."""
+    from taco_ros.core.models import load_model_config
+
+    config = load_model_config('taco_tiny')
+    config['name'] = 'taco_tiny_128'
+    config['clip']['input_size'] = 128
+    path = tmp_path_factory.mktemp('eval_models') / 'taco_tiny_128.json'
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def _eval(*args: str) -> int:
+    from taco_ros.cli import main
+
+    return main(['eval', '--device', 'cpu', '--no-progress', *args])
+
+
+def _load(path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_s4_paper_two_runs_json_table_plots(tiny, tiny_config, tmp_path, capsys):
+    out = tmp_path / 's4.json'
+    # One video (3 frames, one temporal batch), two runs; a single video has no foreign audio to swap in.
+    code = _eval('--benchmark', 's4', '--root', str(tiny['s4']['root']), '--mode', 'paper', '--runs', '2',
+                 '--limit', '1', '--model-config', tiny_config, '--allow-random-weights', *FAST_SOLVER,
+                 '--output', str(out), '--plots', str(tmp_path / 'plots'))
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert 'RANDOM WEIGHTS' in printed and 'mIoU (best threshold)' in printed
+    summary = _load(out)
+    assert summary['random_weights'] and summary['reference'] == {}
+    assert summary['samples'] == 3 and len(summary['runs']) == 2
+    assert set(summary['mean']) == {'miou', 'fscore', 'miou_u', 'fscore_u', 'miou_fixed'}
+    for key, value in summary['mean'].items():
+        assert 0 <= value <= 100, key
+        assert summary['std'][key] >= 0
+    settings = summary['settings']
+    assert settings['solver_profile'] == 'paper' and settings['solver']['optimizer'] == 'gd'
+    assert settings['solver_overrides'] == {'max_steps': 12, 'kmeans_restarts': 1}
+    assert not settings['paper_protocol']
+    # Per stage, every frame of both runs (timings come from the pass with the frames' own audio).
+    assert summary['timings_ms']['conmf']['count'] == 2 * 3
+    assert set(summary['timings_ms']) == {'image_encoder', 'audio_encoder', 'conmf', 'segmenter', 'total'}
+    assert len(summary['curves']['refined']['iou']) == 19
+    for name in ('s4_paper_iou.png', 's4_paper_timing.png'):
+        assert (tmp_path / 'plots' / name).read_bytes()[:4] == b'\x89PNG'
+
+
+def test_ms3_streaming(tiny, tiny_config, tmp_path):
+    out = tmp_path / 'ms3.json'
+    assert _eval('--benchmark', 'ms3', '--root', str(tiny['ms3']['root']), '--mode', 'streaming',
+                 '--runs', '1', '--limit', '4', '--model-config', tiny_config, '--allow-random-weights',
+                 '--solver', 'max_steps=12', '--output', str(out)) == 0
+    summary = _load(out)
+    assert summary['samples'] == 4 and summary['settings']['solver_profile'] == 'streaming'
+    assert summary['settings']['solver']['warm_start'] is True
+    assert {'miou', 'fscore', 'miou_u', 'miou_fixed', 'negative_empty_rate'} <= set(summary['mean'])
+    assert summary['settings']['vocabulary_size'] == 526                      # AudioSet minus "Music"
+
+
+def test_ade_sp_coarse(tiny, tiny_config, tmp_path):
+    out = tmp_path / 'ade.json'
+    assert _eval('--benchmark', 'ade_sp', '--root', str(tiny['ade_sp']['root']), '--mode', 'coarse',
+                 '--runs', '1', '--model-config', tiny_config, '--allow-random-weights', *FAST_SOLVER,
+                 '--output', str(out)) == 0
+    summary = _load(out)
+    assert set(summary['mean']) == {'miou_u', 'map_u', 'miou_fixed_u', 'negative_empty_rate'}
+    assert summary['timings_ms']['segmenter']['mean'] < summary['timings_ms']['total']['mean']
+
+
+def test_semantic_benchmarks_paper_and_baseline(tiny, tiny_config, tmp_path):
+    out = tmp_path / 'avss.json'
+    assert _eval('--benchmark', 'avss', '--root', str(tiny['avss']['root']), '--runs', '1',
+                 '--model-config', tiny_config, '--allow-random-weights', *FAST_SOLVER,
+                 '--output', str(out)) == 0
+    summary = _load(out)
+    assert set(summary['mean']) == {'miou', 'fscore'} and summary['settings']['vocabulary_size'] == 4
+    out = tmp_path / 'ade_sem.json'
+    assert _eval('--benchmark', 'ade_sp_semantic', '--root', str(tiny['ade_sp']['root']), '--mode',
+                 'baseline', '--runs', '1', '--model-config', tiny_config, '--allow-random-weights',
+                 '--output', str(out)) == 0
+    summary = _load(out)
+    assert summary['settings']['pipeline_mode'] == 'baseline' and set(summary['mean']) == {'miou', 'fscore'}
+
+
+def test_command_errors(tiny, tiny_config, tmp_path, monkeypatch, capsys):
+    assert _eval('--benchmark', 's4', '--root', str(tmp_path / 'absent')) == 2
+    assert 'root directory not found' in capsys.readouterr().err
+    assert _eval('--benchmark', 's4', '--root', str(tiny['s4']['root']), '--solver', 'max_steps') == 2
+    assert 'FIELD=VALUE' in capsys.readouterr().err
+    # No model files anywhere and no --allow-random-weights: a clear refusal, not random numbers.
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    monkeypatch.delenv('TACO_MODEL_DIR', raising=False)
+    assert _eval('--benchmark', 's4', '--root', str(tiny['s4']['root']), '--model-config', tiny_config,
+                 '--model-dir', str(tmp_path / 'models')) == 2
+    assert 'taco-tiny' in capsys.readouterr().err

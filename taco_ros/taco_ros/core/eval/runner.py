@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -306,7 +306,8 @@ def run_once(benchmark: Benchmark, engine: Engine, options: RunOptions, run: int
     meters = RunMeters(benchmark, options.mode, engine.vocabulary)
     units = evaluation_units(benchmark, options.mode)
     audio = _AudioSource(options.mode == 'paper', options.seed + run)
-    temporal = benchmark.name == 's4' and options.mode == 'paper'
+    # The authors factorise an S4 video's frames together; their unrefined maps come from that same run.
+    temporal = benchmark.name == 's4' and options.mode in ('paper', 'coarse')
     negatives = options.negative_audio and not benchmark.semantic and len(units) > 1
     total = len(benchmark) * (2 if negatives else 1)
     engine.begin_run(run)
@@ -385,3 +386,190 @@ def resolve_vocabulary(benchmark: Benchmark, default: Sequence[str]) -> list[str
         raise ValueError(f'labels to drop are not in the default vocabulary: {sorted(missing)}')
     return [word for word in default if word not in dropped]
 
+
+
+# --------------------------------------------------------------------------------------------------
+# TacoPipeline as an engine
+# --------------------------------------------------------------------------------------------------
+
+PIPELINE_MODES = {'paper': 'full', 'streaming': 'full', 'coarse': 'coarse', 'baseline': 'baseline'}
+
+
+def _elapsed_ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1e3
+
+
+class PipelineEngine:
+    """TACO through :class:`taco_ros.core.pipeline.TacoPipeline`.
+
+    * streaming and baseline: ``TacoPipeline.process`` frame by frame, exactly the node's path (the state
+      is reset at the start of every video; ``always_segment`` so that a map exists on silent frames too).
+    * paper and coarse: the pipeline's encoders, ``conmf.solve_batch`` (with the batch temporal term on S4)
+      and the FC-CLIP head, with the maps built on the resized-image grid (764² at paper size) as the authors
+      do; the coarse prediction is U_I[:, k*] on the token grid. The node's mask is decided on the same map
+      with the pipeline's threshold, as ``process`` would.
+    """
+
+    def __init__(self, benchmark: Benchmark, *, mode: str, model_config: str = 'taco_convnext_large',
+                 model_dir: str | None = None, device: str = 'auto', precision: str = 'fp32',
+                 solver_overrides: dict | None = None, allow_random_weights: bool = False,
+                 seed: int = 0) -> None:
+        from taco_ros.core.anchors import audioset_labels
+        from taco_ros.core.pipeline import PipelineConfig, TacoPipeline
+
+        if mode not in MODES:
+            raise ValueError(f'unknown mode {mode!r}; choose one of {", ".join(MODES)}')
+        self.mode = mode
+        self.benchmark = benchmark
+        self.seed = seed
+        self.overrides = dict(solver_overrides or {})
+        config = PipelineConfig(
+            model_config=model_config, model_dir=model_dir, device=device, precision=precision,
+            mode=PIPELINE_MODES[mode], vocabulary=resolve_vocabulary(benchmark, audioset_labels()),
+            solver_profile='streaming' if mode == 'streaming' else 'paper',
+            solver_overrides=dict(self.overrides), allow_random_weights=allow_random_weights, seed=seed,
+            keep_text_encoders=False, always_segment=True)
+        self.pipeline = TacoPipeline(config)
+        self.random_weights = bool(self.pipeline.random_weights)
+        self.vocabulary = list(self.pipeline.vocabulary)
+        solver = self.pipeline.config.solver_config()
+        self.description = {
+            'engine': 'taco_ros.core.pipeline.TacoPipeline', 'model_config': model_config,
+            'device': str(self.pipeline.device), 'precision': precision,
+            'pipeline_mode': config.mode, 'solver_profile': config.solver_profile,
+            'solver': {k: getattr(solver, k) for k in ('optimizer', 'lr', 'max_steps', 'tol', 'warm_start',
+                                                       'beta_t', 'beta_p', 'K')},
+            'solver_overrides': self.overrides, 'vocabulary_size': len(self.vocabulary),
+            'mask_threshold': config.mask_threshold,
+            'paper_protocol': mode in ('paper', 'coarse') and not self.overrides,
+        }
+        self._run_seed = seed
+
+    def begin_run(self, run: int) -> None:
+        # A new initialisation draw per run, like the authors' repeated runs without reseeding.
+        self._run_seed = self.seed + run
+        if self.mode in ('streaming', 'baseline'):
+            self.pipeline.update(solver_overrides={**self.overrides, 'seed': self._run_seed})
+
+    def run_video(self, frames: Sequence[np.ndarray], clips: Sequence[Clip],
+                  temporal: bool) -> list[FrameOutput]:
+        if self.mode in ('streaming', 'baseline'):
+            return self._process_video(frames, clips)
+        return self._factorise_video(frames, clips, temporal)
+
+    def close(self) -> None:
+        self.pipeline.close()
+
+    # -- the node's path -------------------------------------------------------------------------
+    def _window(self, clip: Clip):
+        from taco_ros.core.audio_buffer import AudioWindow
+
+        return AudioWindow(samples=clip.samples, sample_rate=clip.sample_rate, start=clip.start)
+
+    def _process_video(self, frames: Sequence[np.ndarray], clips: Sequence[Clip]) -> list[FrameOutput]:
+        self.pipeline.reset()
+        outputs = []
+        for frame, clip in zip(frames, clips, strict=True):
+            result = self.pipeline.process(frame, self._window(clip))
+            # The solver's last result holds U_I: its k* column is the paper's unrefined map.
+            previous = getattr(self.pipeline, '_previous', None)
+            coarse = None
+            if self.mode == 'streaming' and previous is not None:
+                coarse = previous.activation_map().float().cpu().numpy()
+            score = result.score_map
+            if score is None:
+                score = np.zeros(frame.shape[:2], np.float32)
+            outputs.append(FrameOutput(score=score, mask=result.mask, coarse=coarse,
+                                       label=result.labels[0] if result.labels else None,
+                                       timings=dict(result.timings)))
+        return outputs
+
+    # -- the authors' path -----------------------------------------------------------------------
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        from taco_ros.core.pipeline import PRECISIONS
+
+        dtype = PRECISIONS[self.pipeline.config.precision]
+        if self.pipeline.device.type == 'cuda' and dtype is not None:
+            return torch.autocast('cuda', dtype=dtype)
+        return contextlib.nullcontext()
+
+    def _sync(self) -> None:
+        import torch
+
+        if self.pipeline.device.type == 'cuda':
+            torch.cuda.synchronize(self.pipeline.device)
+
+    def _factorise_video(self, frames: Sequence[np.ndarray], clips: Sequence[Clip],
+                         temporal: bool) -> list[FrameOutput]:
+        import torch
+
+        from taco_ros.core.conmf import solve_batch
+
+        pipeline = self.pipeline
+        timings: list[dict[str, float]] = [{} for _ in frames]
+        images, audios = [], []
+        with torch.no_grad(), self._autocast():
+            for index, (frame, clip) in enumerate(zip(frames, clips, strict=True)):
+                start = time.perf_counter()
+                tensor = torch.from_numpy(np.ascontiguousarray(frame)).to(pipeline.device)
+                images.append(pipeline.backbone.encode(tensor.permute(2, 0, 1)[None]))
+                self._sync()
+                timings[index]['image_encoder'] = _elapsed_ms(start)
+                start = time.perf_counter()
+                audios.append(pipeline.audio.encode(clip.samples, clip.sample_rate, context='tile'))
+                self._sync()
+                timings[index]['audio_encoder'] = _elapsed_ms(start)
+        start = time.perf_counter()
+        config = replace(pipeline.config.solver_config(), seed=self._run_seed)
+        results = solve_batch(torch.stack([im.tokens[0].float() for im in images]),
+                              torch.stack([au.tokens[0].float() for au in audios]),
+                              pipeline._bank, config, temporal=temporal and len(frames) > 1)
+        self._sync()
+        solver_ms = _elapsed_ms(start) / len(frames)
+        outputs = []
+        for index, (frame, image, result) in enumerate(zip(frames, images, results, strict=True)):
+            timings[index]['conmf'] = solver_ms
+            start = time.perf_counter()
+            output = self._maps(frame, image, result)
+            self._sync()
+            timings[index]['segmenter'] = _elapsed_ms(start)
+            timings[index]['total'] = sum(timings[index].values())
+            output.timings = timings[index]
+            outputs.append(output)
+        return outputs
+
+    def _maps(self, frame: np.ndarray, image, result) -> FrameOutput:
+        """Score maps of one factorised frame, the node's mask, and (AVSS) the argmax-over-factors mask."""
+        import torch
+
+        from taco_ros.core.masks import DEFAULT_COARSE_THRESHOLD, coarse_mask, decide_mask
+
+        k = int(result.k_star)
+        grid = result.activation_map().float().cpu().numpy()
+        label = result.labels[0] if result.labels else None
+        config = self.pipeline.config
+        if self.mode == 'coarse':
+            mask = np.zeros(frame.shape[:2], np.uint8)
+            if result.sounding:
+                mask = coarse_mask(grid, frame.shape[:2], DEFAULT_COARSE_THRESHOLD).mask.astype(np.uint8)
+            return FrameOutput(score=grid, mask=mask, coarse=grid, label=label)
+        segmenter = self.pipeline.segmenter
+        with torch.no_grad(), self._autocast():
+            prepared = segmenter.prepare(image.features, image.valid_size)
+        every = self.benchmark.name == 'avss'
+        # On the resized-image grid (764² at paper size): the authors' sem_seg resolution.
+        sem = segmenter.semantic_map(prepared, result.image_factors.float(),
+                                     channels=None if every else [k])[0].float()
+        score = (sem[k] if every else sem[0]).cpu().numpy()
+        hard = (sem.argmax(0) == k).cpu().numpy() if every else None
+        mask = np.zeros(score.shape, np.uint8)
+        if result.sounding:
+            # The node's decision (TacoPipeline._objects), on this map's pixel grid.
+            fraction = min(config.min_component_area / float(score.size), 0.999999)
+            mask = decide_mask(score, config.mask_threshold, min_area_fraction=fraction).mask
+            mask = mask.astype(np.uint8)
+        return FrameOutput(score=score, mask=mask, coarse=grid, hard=hard, label=label)

@@ -1,0 +1,118 @@
+"""``taco-ros eval``: the paper's benchmarks (method.md §7) in one command, paper or robot settings.
+
+Example::
+
+    taco-ros eval --benchmark s4 --root /data/avsbench --mode paper --runs 3 \\
+        --output s4_paper.json --plots plots/
+
+Prints a table (mean ± std over the runs, the paper's value and the difference), writes a JSON summary and
+PNG plots (IoU against threshold, time per stage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+BENCHMARKS = ('s4', 'ms3', 'ade_sp', 'avss', 'ade_sp_semantic')
+MODES = ('paper', 'streaming', 'coarse', 'baseline')
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        'eval', help="reproduce the paper's benchmarks and compare modes",
+        description="Run one of TACO's benchmarks (AVSBench S4/MS3, ADE-SP, AVSS, ADE-SP-semantic) with the "
+                    "paper's metrics, in the paper's solver setting or the robot's streaming one.")
+    parser.add_argument('--benchmark', required=True, choices=BENCHMARKS)
+    parser.add_argument('--root', required=True, help='dataset root (layouts: method.md §7.2)')
+    parser.add_argument('--mode', default='paper', choices=MODES,
+                        help='paper: cold start, 1800 GD steps, batch temporal term on S4; streaming: warm '
+                             'start, online temporal term; coarse: no segmenter; baseline: A-FC-CLIP '
+                             '(default: %(default)s)')
+    parser.add_argument('--runs', type=int, default=3,
+                        help='repetitions, reported as mean ± std (paper: 3; default: %(default)s)')
+    parser.add_argument('--limit', type=int, default=None,
+                        help='evaluate only the first N items (videos for S4, frames/images otherwise)')
+    parser.add_argument('--seed', type=int, default=None,
+                        help='shuffle and solver seed (default: 42 for MS3, as the paper, else 0)')
+    shuffle = parser.add_mutually_exclusive_group()
+    shuffle.add_argument('--shuffle', dest='shuffle', action='store_true', default=None,
+                         help='shuffle the samples before --limit (paper: MS3 only)')
+    shuffle.add_argument('--no-shuffle', dest='shuffle', action='store_false')
+    parser.add_argument('--audio-root', default=None,
+                        help='VGGSound root for the ADE-SP benchmarks (default: ROOT/vggsound)')
+    parser.add_argument('--output', default=None, help='write the JSON summary here')
+    parser.add_argument('--plots', default=None, help='write PNG plots into this directory')
+    parser.add_argument('--model-config', default='taco_convnext_large',
+                        help="model configuration name or JSON path ('taco_tiny' for tests)")
+    parser.add_argument('--model-dir', default=None, help='extra model directory searched first')
+    parser.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N (default: auto)')
+    parser.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'bf16'),
+                        help='autocast precision of the backbones on CUDA (default: fp32)')
+    parser.add_argument('--solver', action='append', default=[], metavar='FIELD=VALUE',
+                        help='override a co-NMF setting (e.g. max_steps=200); repeatable. The run is then '
+                             'no longer the paper protocol, and the summary says so')
+    parser.add_argument('--no-negative-audio', dest='negative_audio', action='store_false',
+                        help='skip the swapped-audio pass (it doubles the run time of binary benchmarks)')
+    parser.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars')
+    parser.add_argument('--allow-random-weights', action='store_true',
+                        help='run with random weights when model files are missing (tests only: the '
+                             'numbers mean nothing)')
+    parser.set_defaults(func=run)
+
+
+def parse_overrides(items: list[str]) -> dict[str, object]:
+    """``FIELD=VALUE`` strings → dict; values parsed as JSON when they can be (numbers, true/false)."""
+    overrides: dict[str, object] = {}
+    for item in items:
+        name, sep, text = item.partition('=')
+        if not sep or not name.strip():
+            raise ValueError(f'--solver expects FIELD=VALUE, got {item!r}')
+        try:
+            value: object = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        overrides[name.strip()] = value
+    return overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    from taco_ros.core.eval.datasets import DatasetError, load_benchmark
+    from taco_ros.core.eval.report import format_table, write_json, write_plots
+    from taco_ros.core.eval.runner import PipelineEngine, RunOptions, evaluate
+
+    if args.runs < 1:
+        print('taco-ros eval: --runs must be at least 1', file=sys.stderr)
+        return 2
+    try:
+        overrides = parse_overrides(args.solver)
+        benchmark = load_benchmark(args.benchmark, args.root, limit=args.limit, shuffle=args.shuffle,
+                                   seed=args.seed, audio_root=args.audio_root)
+    except (DatasetError, ValueError) as error:
+        print(f'taco-ros eval: {error}', file=sys.stderr)
+        return 2
+    seed = args.seed if args.seed is not None else (42 if args.benchmark == 'ms3' else 0)
+    print(f'{benchmark.name}: {len(benchmark)} frames from {benchmark.root}', flush=True)
+    try:
+        engine = PipelineEngine(
+            benchmark, mode=args.mode, model_config=args.model_config, model_dir=args.model_dir,
+            device=args.device, precision=args.precision, solver_overrides=overrides,
+            allow_random_weights=args.allow_random_weights, seed=seed)
+    except (FileNotFoundError, ValueError) as error:
+        # ModelFileNotFound derives from FileNotFoundError; its message says where the files were looked for.
+        print(f'taco-ros eval: {error}', file=sys.stderr)
+        return 2
+    try:
+        options = RunOptions(mode=args.mode, runs=args.runs, seed=seed, negative_audio=args.negative_audio,
+                             progress=args.progress)
+        summary = evaluate(benchmark, engine, options)
+    finally:
+        engine.close()
+    print(format_table(summary))
+    if args.output:
+        print(f'wrote {write_json(args.output, summary)}')
+    if args.plots:
+        for path in write_plots(summary, args.plots):
+            print(f'wrote {path}')
+    return 0
