@@ -148,6 +148,8 @@ def test_speech_tokens_and_spans(tiny: AudioEncoder, tmp_path: Path):
     assert out.tokens.shape == (1, 64, tiny.token_dim) and out.tokens.min() >= 0
     assert out.segment == AudioSegment(segment_sec=1.0, window_sec=1.0)
     assert out.spans.shape == (64, 2)
+    assert np.array_equal(tiny.token_spans(1.0), out.spans)
+    assert np.allclose(tiny.token_spans(1.0, segment_sec=9.0)[31], [0.78125, 1.0])
     batch = tiny.tokens([window, window * 0.5], rate)
     assert batch.shape == (2, 64, tiny.token_dim)
     assert torch.allclose(batch[0], out.tokens[0], atol=1e-5)

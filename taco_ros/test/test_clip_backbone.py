@@ -108,6 +108,19 @@ def test_clip_weights_from_an_fcclip_checkpoint(backbone: ClipBackbone, tmp_path
     assert torch.equal(loaded.state_dict()[key], backbone.state_dict()[key])
 
 
+def test_text_tower_matches_a_plainly_loaded_open_clip(backbone: ClipBackbone, model_dir: Path):
+    """The meta-device build + rebuilt causal mask equals open_clip loaded the ordinary way."""
+    import open_clip
+    from safetensors.torch import load_file
+
+    from taco_ros.core.models import build_clip_model
+    reference = build_clip_model(load_model_config('taco_tiny')).eval()
+    reference.load_state_dict(load_file(str(model_dir / 'taco_tiny' / 'clip.safetensors')))
+    tokens = open_clip.tokenizer.tokenize(['A photo of a dog', 'A photo of a door bell'])
+    with torch.no_grad():
+        assert torch.allclose(backbone.encode_text(tokens), reference.encode_text(tokens), atol=1e-5)
+
+
 def test_text_tower_skip_and_drop(backbone: ClipBackbone, model_dir: Path):
     import open_clip
     tokens = open_clip.tokenizer.tokenize(['A photo of a dog'])

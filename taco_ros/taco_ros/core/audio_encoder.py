@@ -353,6 +353,17 @@ class AudioEncoder(nn.Module):
         spans = token_spans(segment, steps=steps, bands=bands, duration_sec=self.duration_sec)
         return AudioTokens(tokens=tokens, spans=spans, segment=segment)
 
+    def token_spans(self, window_sec: float, segment_sec: float | None = None) -> np.ndarray:
+        """[N_A, 2] token start/end seconds from the window start (see :func:`token_spans`).
+
+        segment_sec: seconds of audio fed before tiling (window + history); default: the window
+        alone, i.e. the 'tile' context.
+        """
+        bands, steps = self.grid
+        segment = AudioSegment(segment_sec=min(segment_sec or window_sec, self.duration_sec),
+                               window_sec=window_sec)
+        return token_spans(segment, steps=steps, bands=bands, duration_sec=self.duration_sec)
+
     def clip_embedding(self, raw_tokens: Tensor) -> Tensor:
         """CLAP audio embedding [B, d_proj]: projection of the token mean (msclap's
         ``latent_output`` → ``projection``), for zero-shot checks against CLAP text vectors."""
