@@ -254,6 +254,13 @@ def test_checksum_mismatch_refused_and_partial_removed(tmp_path: Path, server: _
     assert not (tmp_path / 'test' / 'blob.bin.part').exists()
 
 
+def test_unreachable_source_names_the_manual_route(tmp_path: Path, server: _Server, registry):
+    with pytest.raises(mf.DownloadFailed, match='HTTP 404') as info:
+        mf.fetch_model_file('gpt2-config', dest_dir=tmp_path, mirror=server.url, progress=False,
+                            log=_quiet)
+    assert str(tmp_path / 'gpt2' / 'config.json') in str(info.value)
+
+
 def test_html_answer_is_refused(tmp_path: Path, server: _Server, registry):
     server.html = True
     with pytest.raises(DownloadInterrupted, match='HTML'):

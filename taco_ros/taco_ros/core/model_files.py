@@ -313,6 +313,10 @@ def source_url(entry: ModelFile, mirror: str | None = None) -> str:
     return entry.url
 
 
+class DownloadFailed(OSError):  # noqa: N818
+    """The source could not be reached or refused the request (DNS, HTTP error...)."""
+
+
 class DownloadInterrupted(OSError):  # noqa: N818
     """The transfer stopped early; the partial file is kept so that a new fetch resumes it."""
 
@@ -401,6 +405,11 @@ def fetch_model_file(
         try:
             _transfer(url, part, entry, timeout, progress, chunk_size)
             break
+        except urllib.error.URLError as exc:
+            reason = exc.reason if not isinstance(exc, urllib.error.HTTPError) else f'HTTP {exc.code}'
+            raise DownloadFailed(
+                f'{file_id}: cannot download {url}: {reason}. Without network access, copy the '
+                f'file to {target} by hand (or serve a copy and pass --mirror).') from exc
         except DownloadInterrupted as exc:
             if attempt == attempts or not part.exists():
                 raise
