@@ -86,16 +86,26 @@ TOPICS: list[TopicSpec] = [
 
 
 # ------------------------------------------------------------------------------------ parameters
+APPLIES = ('live', 'activate', 'configure', 'startup')
+APPLIES_NOTE = {
+    'activate': 'Applied at activate (deactivate, set, activate).',
+    'configure': 'Applied at configure (deactivate, cleanup, set, configure).',
+    'startup': 'Read at start-up only.',
+}
+
+
 @dataclass(frozen=True)
 class ParamSpec:
     """One node parameter.
 
     default: its value in the node and in config/taco.yaml; its Python type is the ROS type
         (bool, int, float, str, list[str]).
-    read_only: True when it changes only by reconfiguring: the node refuses a new value while
-        configured (inactive or active) and reads it at the next configure. It is not rclpy's
-        ``read_only``, which would forbid any change after start-up.
-    startup_only: read once at start-up (rclpy ``read_only``: never settable afterwards).
+    applies: when a new value takes effect:
+        'live' — from the next window;
+        'activate' — at the next activate (inputs: refused while active; deactivate, set, activate);
+        'configure' — at the next configure (models: refused while configured; deactivate,
+            cleanup, set, configure);
+        'startup' — read once at start-up (rclpy ``read_only``).
     range: inclusive (min, max) for numbers (published as FloatingPointRange / IntegerRange).
     choices: allowed strings (checked by the node's validator, listed in the description).
     """
@@ -104,10 +114,22 @@ class ParamSpec:
     default: Any
     description: str
     group: str
-    read_only: bool = False
+    applies: str = 'live'
     range: tuple[float, float] | None = None
     choices: tuple[str, ...] | None = None
-    startup_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.applies not in APPLIES:
+            raise ValueError(f'{self.name}: applies must be one of {APPLIES}, got {self.applies!r}')
+
+    @property
+    def read_only(self) -> bool:
+        """True when the value cannot change while the node runs (not 'live')."""
+        return self.applies != 'live'
+
+    @property
+    def startup_only(self) -> bool:
+        return self.applies == 'startup'
 
     @property
     def type_name(self) -> str:
@@ -123,10 +145,8 @@ class ParamSpec:
 
     def full_description(self, change_note: bool = True) -> str:
         text = self.description
-        if change_note and self.startup_only:
-            text += ' Read at start-up only.'
-        elif change_note and self.read_only:
-            text += ' Changes only by reconfiguring (cleanup, set, configure).'
+        if change_note and self.applies != 'live':
+            text += ' ' + APPLIES_NOTE[self.applies]
         if self.choices:
             text += ' One of: ' + ', '.join(self.choices) + '.'
         return text
@@ -137,21 +157,21 @@ PARAMETERS: list[ParamSpec] = [
     # -- models (read-only) --
     P('model_config', 'taco_convnext_large',
       "Model configuration: a name from taco_ros/model_configs ('taco_convnext_large', "
-      "'taco_tiny') or a JSON path.", 'models', read_only=True),
+      "'taco_tiny') or a JSON path.", 'models', applies='configure'),
     P('model_dir', '', 'Directory searched first for model files ("" = TACO_MODEL_DIR, then '
-      '~/.cache/taco_ros/models).', 'models', read_only=True),
+      '~/.cache/taco_ros/models).', 'models', applies='configure'),
     P('anchors', '', 'Anchor bank file; "" builds the bank from the vocabulary with the text '
-      'encoders at configure.', 'models', read_only=True),
+      'encoders at configure.', 'models', applies='configure'),
     P('device', 'auto', 'Torch device: auto (cuda if available), cpu, cuda or cuda:N.', 'models',
-      read_only=True),
+      applies='configure'),
     P('precision', 'fp32', 'Autocast precision of the backbones on CUDA (ignored on CPU).',
-      'models', read_only=True, choices=('fp32', 'fp16', 'bf16')),
+      'models', applies='configure', choices=('fp32', 'fp16', 'bf16')),
     P('allow_random_weights', False, 'Run with random weights when model files are missing (tests, '
-      'demo); outputs are meaningless and every window logs a warning.', 'models', read_only=True),
+      'demo); outputs are meaningless and every window logs a warning.', 'models', applies='configure'),
     P('seed', 0, 'Seed of the solver initialisation (CPU runs are deterministic).', 'models',
-      read_only=True, range=(0, 2 ** 31 - 1)),
+      applies='configure', range=(0, 2 ** 31 - 1)),
     P('resize', 'squash', "Frame resize policy before the backbone: 'squash' to 764x764 (the "
-      "paper), 'letterbox' keeps the aspect ratio.", 'models', read_only=True,
+      "paper), 'letterbox' keeps the aspect ratio.", 'models', applies='configure',
       choices=('squash', 'letterbox')),
     # -- processing (live) --
     P('mode', 'full', "full: FC-CLIP mask of the sounding factor; coarse: its 24x24 co-NMF "
@@ -175,21 +195,21 @@ PARAMETERS: list[ParamSpec] = [
       'running the models (0 disables the gate).', 'processing', range=(0.0, 1.0)),
     # -- inputs --
     P('image_transport', 'raw', "'raw' subscribes to image (sensor_msgs/Image), 'compressed' to "
-      "image/compressed (sensor_msgs/CompressedImage).", 'inputs', read_only=True,
+      "image/compressed (sensor_msgs/CompressedImage).", 'inputs', applies='activate',
       choices=('raw', 'compressed')),
     P('image_qos', 'sensor_data', 'QoS of the image subscription; sensor_data (best effort) '
-      'connects to reliable and best-effort publishers alike.', 'inputs', read_only=True,
+      'connects to reliable and best-effort publishers alike.', 'inputs', applies='activate',
       choices=QOS_PROFILES),
-    P('image_qos_depth', 5, 'History depth of the image subscription.', 'inputs', read_only=True,
+    P('image_qos_depth', 5, 'History depth of the image subscription.', 'inputs', applies='activate',
       range=(1, 1000)),
     P('audio_msg_type', 'auto', 'Audio message type; auto takes the type advertised on the audio '
-      'topic.', 'inputs', read_only=True,
+      'topic.', 'inputs', applies='activate',
       choices=('auto', 'taco', 'int16_multiarray', 'float32_multiarray', 'audio_common_stamped',
                'audio_data_stamped', 'audio_data')),
-    P('audio_qos', 'sensor_data', 'QoS of the audio subscription.', 'inputs', read_only=True,
+    P('audio_qos', 'sensor_data', 'QoS of the audio subscription.', 'inputs', applies='activate',
       choices=QOS_PROFILES),
     P('audio_qos_depth', 50, 'History depth of the audio subscription (bursts of small chunks).',
-      'inputs', read_only=True, range=(1, 10000)),
+      'inputs', applies='activate', range=(1, 10000)),
     P('audio_sample_rate', 16000, 'Sample rate of headerless audio (std_msgs multiarrays; '
       'audio_data without audio_info).', 'inputs', range=(1000, 384000)),
     P('audio_channels', 1, 'Interleaved channels of headerless audio.', 'inputs', range=(1, 64)),
@@ -207,7 +227,7 @@ PARAMETERS: list[ParamSpec] = [
       range=(0.0, 5.0)),
     P('frame_wait', 0.2, 'How far the audio may run past the pairing time while waiting for a '
       'later frame, seconds.', 'windows', range=(0.0, 5.0)),
-    P('buffer_sec', 10.0, 'Audio ring buffer length, seconds.', 'windows', read_only=True,
+    P('buffer_sec', 10.0, 'Audio ring buffer length, seconds.', 'windows', applies='configure',
       range=(2.0, 120.0)),
     P('stamp_tolerance', 0.02, 'Chunk stamps within this of the buffer end are appended '
       'contiguously (clock jitter), seconds.', 'windows', range=(0.0, 0.5)),
@@ -215,7 +235,7 @@ PARAMETERS: list[ParamSpec] = [
       'co-NMF start.', 'windows', range=(0.0, 60.0)),
     # -- diagnostics --
     P('diagnostics_period', 1.0, 'Period of /diagnostics, seconds.', 'diagnostics',
-      read_only=True, range=(0.1, 60.0)),
+      applies='configure', range=(0.1, 60.0)),
     P('latency_warn', 1.5, 'Window latency (window end to publish) above which diagnostics '
       'warn, seconds.', 'diagnostics', range=(0.0, 600.0)),
     P('latency_error', 5.0, 'Window latency above which diagnostics report an error, seconds.',
@@ -226,7 +246,7 @@ PARAMETERS: list[ParamSpec] = [
       range=(0.0, 1.0)),
     # -- lifecycle --
     P('autostart', True, 'Configure and activate at start-up (false: wait for a lifecycle '
-      'manager).', 'lifecycle', read_only=True, startup_only=True),
+      'manager).', 'lifecycle', applies='startup'),
 ]
 del P
 
@@ -395,7 +415,7 @@ def markdown_table() -> str:
               '|---|---|---|---|---|---|']
     for spec in PARAMETERS:
         rng = '' if spec.range is None else f'{spec.range[0]} .. {spec.range[1]}'
-        change = 'start-up' if spec.startup_only else 'reconfigure' if spec.read_only else 'live'
+        change = spec.applies
         lines.append(
             f'| `{spec.name}` | {spec.type_name} | `{_format_default(spec.default)}` | {rng} | '
             f'{change} | {spec.full_description(change_note=False).replace("|", "/")} |')
@@ -406,7 +426,7 @@ def yaml_text(node_name: str = NODE_NAME) -> str:
     """config/taco.yaml content: every parameter at its default, grouped, with descriptions."""
     lines = [
         '# taco_node parameters (defaults). Generated from taco_ros/params.py; a test keeps them equal.',
-        '# Read-only ones change only by reconfiguring the lifecycle node; the others are live.',
+        '# See the README for when each one takes effect (live, at activate, at configure, at start-up).',
         f'{node_name}:', '  ros__parameters:']
     group = None
     for spec in PARAMETERS:

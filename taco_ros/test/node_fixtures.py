@@ -180,21 +180,29 @@ def multiarray_msg(samples: np.ndarray, kind: str) -> Any:
 
 
 class Recorder:
-    """Thread-safe message lists per topic."""
+    """Thread-safe message lists per topic, with the monotonic receipt time of each message."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.messages: dict[str, list[Any]] = {}
+        self.messages: dict[str, list[tuple[float, Any]]] = {}
 
     def callback(self, name: str) -> Callable[[Any], None]:
         def store(msg: Any) -> None:
             with self.lock:
-                self.messages.setdefault(name, []).append(msg)
+                self.messages.setdefault(name, []).append((time.monotonic(), msg))
         return store
 
     def get(self, name: str) -> list[Any]:
         with self.lock:
+            return [msg for _, msg in self.messages.get(name, [])]
+
+    def timed(self, name: str) -> list[tuple[float, Any]]:
+        with self.lock:
             return list(self.messages.get(name, []))
+
+    def count(self, name: str) -> int:
+        with self.lock:
+            return len(self.messages.get(name, []))
 
     def clear(self) -> None:
         with self.lock:
@@ -313,7 +321,8 @@ class StreamPublisher:
         self.frame_headers: list[Any] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.t0 = 0.0
+        self.t0 = 0.0               # node-clock time of the first message (stamps are t0 + offset)
+        self.start_monotonic = 0.0  # time.monotonic() at the same instant
 
     def now(self) -> float:
         return self.harness.node.get_clock().now().nanoseconds * 1e-9
@@ -321,7 +330,7 @@ class StreamPublisher:
     def run(self, seconds: float) -> None:
         """Publish for ``seconds`` (blocking)."""
         self.t0 = self.now()
-        start = time.monotonic()
+        start = self.start_monotonic = time.monotonic()
         frame_i = chunk_i = 0
         while not self._stop.is_set():
             elapsed = time.monotonic() - start
@@ -346,6 +355,10 @@ class StreamPublisher:
     def start(self, seconds: float) -> None:
         self._thread = threading.Thread(target=self.run, args=(seconds,), daemon=True)
         self._thread.start()
+
+    def ros_time(self, monotonic: float) -> float:
+        """Node-clock time of a time.monotonic() reading taken during the stream."""
+        return self.t0 + (monotonic - self.start_monotonic)
 
     def join(self) -> None:
         if self._thread is not None:

@@ -326,12 +326,20 @@ class TacoPipeline:
         if path is None:
             segmenter.model_id = 'fcclip' + RANDOM_SUFFIX
             return segmenter
-        state = {k: v for k, v in read_checkpoint(path).items() if not k.startswith('backbone.')}
-        report = load_state_into(segmenter, state, str(path))
-        missing = [k for k in report.missing if not k.startswith('backbone.')]
-        if missing or report.shape_mismatch:
-            raise ValueError(f'FC-CLIP checkpoint does not fit the model config:\n'
-                             f'{report.summary()}')
+        # The head only: sem_seg_head.* and void_embedding.* (criterion.* is training state).
+        state = read_checkpoint(path)
+        problems = []
+        for part in ('sem_seg_head', 'void_embedding'):
+            prefix = part + '.'
+            report = load_state_into(
+                getattr(segmenter, part),
+                {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
+                f'{path} [{part}]')
+            if not report.ok:
+                problems.append(report.summary())
+        if problems:
+            raise ValueError('FC-CLIP checkpoint does not fit the model config:\n'
+                             + '\n'.join(problems))
         segmenter.model_id = str(file_id)
         return segmenter
 
@@ -479,8 +487,8 @@ class TacoPipeline:
         for name in ('backbone', 'audio', 'segmenter', '_text', '_bank', '_file_bank'):
             if hasattr(self, name):
                 setattr(self, name, None)
-        gc.collect()
         if self.device.type == 'cuda':
+            gc.collect()   # tensors held by reference cycles must go before the cache is emptied
             torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------ processing

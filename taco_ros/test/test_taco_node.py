@@ -1,0 +1,592 @@
+"""taco_node over real DDS (in-process FastDDS), with random-weight taco_tiny models built here.
+
+A peer node publishes a 30 Hz camera and a 16 kHz microphone (32 ms chunks) on the node's clock and
+records every output. Windows are processed at whatever speed this machine allows, so the tests
+check the structure of what arrives (one set of outputs per processed window, headers, sizes,
+time axes, counters), never a fixed number of windows.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip('rclpy')
+pytest.importorskip('taco_msgs.msg')
+
+from node_fixtures import (  # noqa: E402
+    CHUNK,
+    RATE,
+    WORDS,
+    NodeHarness,
+    StreamPublisher,
+    audio_chunk_msg,
+    compressed_msg,
+    image_msg,
+    isolate_model_search,
+    make_frame,
+    multiarray_msg,
+    small_model_config,
+    tone,
+    unique_domain_id,
+)
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from std_msgs.msg import Float32MultiArray, Int16MultiArray  # noqa: E402
+
+from taco_msgs.msg import AudioChunk, LabelInfo  # noqa: E402
+from taco_msgs.srv import SetVocabulary  # noqa: E402
+from taco_ros import params  # noqa: E402
+from taco_ros.conversions import stamp_to_sec  # noqa: E402
+from taco_ros.taco_node import TacoNode  # noqa: E402
+
+pytestmark = pytest.mark.ros
+
+WINDOW_TIMEOUT = 60.0   # seconds to wait for windows on a loaded 2-core machine
+
+
+# ---------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope='module')
+def context() -> Any:
+    saved = os.environ.get('ROS_DOMAIN_ID')
+    os.environ['ROS_DOMAIN_ID'] = str(unique_domain_id())
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    yield ctx
+    rclpy.shutdown(context=ctx)
+    if saved is None:
+        os.environ.pop('ROS_DOMAIN_ID', None)
+    else:
+        os.environ['ROS_DOMAIN_ID'] = saved
+
+
+@pytest.fixture(scope='module')
+def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    work = tmp_path_factory.mktemp('taco_node')
+    (work / 'empty').mkdir()
+    return {
+        'model_config': str(small_model_config(work)), 'model_dir': str(work / 'empty'),
+        'allow_random_weights': True, 'vocabulary': list(WORDS), 'solver_max_steps': 10,
+        'device': 'cpu',
+    }
+
+
+@pytest.fixture(scope='module')
+def shared(context: Any, base: dict[str, Any]) -> NodeHarness:
+    harness = NodeHarness(context, base, debug_subscriber=True)
+    assert harness.started, 'taco_node did not configure and activate'
+    yield harness
+    harness.close()
+
+
+def restart(harness: NodeHarness, **changes: Any) -> None:
+    """deactivate, set (activate-time or live) parameters, activate; forget recorded messages."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    node = harness.node
+    assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    if changes:
+        results = node.set_parameters([Parameter(k, value=v) for k, v in changes.items()])
+        assert all(r.successful for r in results), [r.reason for r in results]
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    harness.recorder.clear()
+
+
+def stream_until(harness: NodeHarness, image_pub: Any, audio_pub: Any, windows: int,
+                 timeout: float = WINDOW_TIMEOUT, **makers: Any) -> StreamPublisher:
+    """Stream in real time until ``windows`` new windows were published (or the timeout)."""
+    start = harness.recorder.count('objects')
+    stream = StreamPublisher(harness, image_pub, audio_pub, **makers)
+    stream.start(timeout)
+    harness.wait_for(lambda: harness.recorder.count('objects') >= start + windows, timeout)
+    stream.stop()
+    time.sleep(0.5)   # outputs of the window in flight
+    return stream
+
+
+def key(msg: Any) -> tuple[int, int]:
+    """The header stamp of an output, as a dict key."""
+    return msg.header.stamp.sec, msg.header.stamp.nanosec
+
+
+def check_window_outputs(harness: NodeHarness, stream: StreamPublisher,
+                         frame_sizes: set[tuple[int, int]], window_sec: float = 1.0) -> None:
+    """One set of outputs per window; headers equal the paired frame's; sizes; time axes."""
+    rec = harness.recorder
+    objects, masks, acts = rec.get('objects'), rec.get('mask'), rec.get('activation')
+    by_stamp = {key(m): m for m in objects}
+    assert len(by_stamp) == len(objects), 'two outputs for one window'
+    complete = set(by_stamp) & {key(m) for m in masks} & {key(m) for m in acts}
+    # The very last window may still be in flight; every other one is complete.
+    assert len(complete) >= len(objects) - 1 and complete
+    headers = {(round(stamp_to_sec(h.stamp), 6), h.frame_id) for h in stream.frame_headers}
+    for mask in masks:
+        assert (mask.height, mask.width) in frame_sizes and mask.encoding == 'mono8'
+        assert len(mask.data) == mask.height * mask.width
+        values = set(np.unique(np.frombuffer(bytes(mask.data), np.uint8)).tolist()) - {0}
+        obj = by_stamp.get(key(mask))
+        if obj is not None:
+            assert values == {o.mask_value for o in obj.objects}
+    for obj in objects:
+        stamp = round(stamp_to_sec(obj.header.stamp), 6)
+        assert (stamp, obj.header.frame_id) in headers, 'header is not a published frame header'
+        start, end = stamp_to_sec(obj.audio_start), stamp_to_sec(obj.audio_end)
+        assert end - start == pytest.approx(window_sec, abs=1e-3)
+        assert abs(stamp - end) <= 0.1 + 1e-6     # nearest frame to the window end
+        assert obj.mode == 'full' and obj.solver_steps >= 1
+        if not obj.sounding:
+            assert not obj.objects
+        for o in obj.objects:
+            assert o.label in WORDS and o.top_labels[0] == o.label
+    for act in acts:
+        offsets = np.asarray(act.time_offset)
+        assert offsets[0] == 0.0 and np.all(np.diff(offsets) > 0)
+        assert offsets[-1] + act.token_duration == pytest.approx(act.window_duration, abs=1e-5)
+        assert act.window_duration == pytest.approx(window_sec, abs=1e-3)
+        assert len(act.activation) == len(offsets)
+        match = by_stamp.get(key(act))
+        if match is not None:
+            assert act.audio_start == match.audio_start
+
+
+# ---------------------------------------------------------------------------- parameters
+def test_parameter_table_yaml_and_readme_agree() -> None:
+    yaml_path = Path(__file__).resolve().parents[1] / 'config' / 'taco.yaml'
+    assert yaml_path.read_text(encoding='utf-8') == params.yaml_text(), \
+        'config/taco.yaml is stale: regenerate it with taco_ros.params.yaml_text()'
+    table = params.markdown_table()
+    for spec in params.PARAMETERS:
+        assert spec.description and f'| `{spec.name}` |' in table
+        assert params.validate(spec.name, spec.default) is None, spec.name
+        if spec.type_name in ('int', 'double'):
+            assert spec.range is not None, f'{spec.name} needs a range'
+    for topic in params.TOPICS:
+        assert f'| `{topic.name}` |' in table
+    assert params.validate_together(params.defaults()) is None
+
+
+def test_declared_descriptors_match_the_table(shared: NodeHarness) -> None:
+    node = shared.node
+    names = [spec.name for spec in params.PARAMETERS]
+    for spec, descriptor in zip(params.PARAMETERS, node.describe_parameters(names), strict=True):
+        assert descriptor.description == spec.full_description()
+        assert descriptor.read_only == spec.startup_only
+        if spec.range is not None:
+            bounds = (descriptor.integer_range or descriptor.floating_point_range)[0]
+            assert (bounds.from_value, bounds.to_value) == pytest.approx(spec.range)
+    config = node.pipeline_config()
+    assert config.vocabulary == WORDS and config.solver_overrides == {'max_steps': 10}
+
+
+@pytest.mark.parametrize('name,value,reason', [
+    ('window_sec', 0.0, 'out of range'),
+    ('window_sec', 1, 'type'),
+    ('mode', 'panoptic', 'not one of'),
+    ('device', 'cuda:0', 'applied at configure'),
+    ('model_config', 'taco_convnext_large', 'applied at configure'),
+    ('image_qos', 'reliable', 'applied at activate'),
+    ('vocabulary', ['dog', 'dog'], 'duplicate'),
+    ('vocabulary', ['only one'], 'at least 2'),
+    ('latency_error', 0.5, 'latency_warn'),
+    ('autostart', False, 'read-only'),
+])
+def test_bad_parameter_values_are_refused_with_a_reason(shared: NodeHarness, name: str, value: Any,
+                                                         reason: str) -> None:
+    before = shared.node.get_parameter(name).value
+    result = shared.node.set_parameters([Parameter(name, value=value)])[0]
+    assert not result.successful and reason in result.reason, result.reason
+    assert shared.node.get_parameter(name).value == before
+
+
+def test_live_parameters_apply(shared: NodeHarness) -> None:
+    node = shared.node
+    results = node.set_parameters([Parameter('mask_threshold', value=0.3),
+                                   Parameter('top_k', value=3), Parameter('mode', value='coarse')])
+    try:
+        assert all(r.successful for r in results)
+        config = node._pipeline.config
+        assert (config.mask_threshold, config.top_k, config.mode) == (0.3, 3, 'coarse')
+    finally:
+        node.set_parameters([Parameter('mask_threshold', value=0.5), Parameter('top_k', value=5),
+                             Parameter('mode', value='full')])
+
+
+# ------------------------------------------------------------------------------- streams
+@pytest.mark.parametrize('reliability', ['best_effort', 'reliable'])
+def test_stream_outputs(shared: NodeHarness, reliability: str) -> None:
+    restart(shared)
+    image_pub = shared.publisher(Image, '/image', reliability)
+    audio_pub = shared.publisher(AudioChunk, '/audio', reliability)
+    fmt = 's16' if reliability == 'best_effort' else 'f32'
+    try:
+        assert shared.wait_connected([image_pub, audio_pub])
+        stream = stream_until(
+            shared, image_pub, audio_pub, windows=2,
+            make_audio=lambda c, t: audio_chunk_msg(tone(CHUNK, c * CHUNK), t, fmt=fmt))
+        assert shared.recorder.count('objects') >= 2
+        check_window_outputs(shared, stream, {(120, 160)})
+        debug = shared.recorder.get('debug')
+        assert debug and all((m.height, m.width, m.encoding) == (120, 160, 'rgb8') for m in debug)
+        labels = shared.recorder.get('label_info')
+        assert labels and [c.class_name for c in labels[-1].class_map] == WORDS
+        assert shared.wait_for(lambda: shared.diagnostics_values('inputs').get(
+            'image rate (Hz)', '0') != '0.0', 5.0)
+    finally:
+        shared.peer.destroy_publisher(image_pub)
+        shared.peer.destroy_publisher(audio_pub)
+
+
+def test_every_raw_encoding_with_row_padding(shared: NodeHarness) -> None:
+    """Each encoding gets its own frame size; a mask of that size proves it was decoded."""
+    restart(shared)
+    image_pub = shared.publisher(Image, '/image')
+    audio_pub = shared.publisher(AudioChunk, '/audio')
+    sizes = {'rgb8': (120, 160), 'bgr8': (100, 150), 'rgba8': (90, 130), 'bgra8': (80, 110),
+             'mono8': (70, 96)}
+    try:
+        assert shared.wait_connected([image_pub, audio_pub])
+        for encoding, size in sizes.items():
+            frame = make_frame(size)
+            stream = StreamPublisher(
+                shared, image_pub, audio_pub,
+                make_image=lambda i, t, f=frame, e=encoding: image_msg(f, t, e, pad=i % 7))
+            stream.start(WINDOW_TIMEOUT)
+            seen = shared.wait_for(lambda s=size: any(
+                (m.height, m.width) == s for m in shared.recorder.get('mask')), WINDOW_TIMEOUT)
+            stream.stop()
+            assert seen, f'no window processed from {encoding} frames'
+    finally:
+        shared.peer.destroy_publisher(image_pub)
+        shared.peer.destroy_publisher(audio_pub)
+    assert shared.node._stats.counts.get('bad_images', 0) == 0
+
+
+@pytest.mark.parametrize('kind,msg_type', [('int16_multiarray', Int16MultiArray),
+                                           ('float32_multiarray', Float32MultiArray)])
+def test_headerless_audio_types(shared: NodeHarness, kind: str, msg_type: Any) -> None:
+    restart(shared, audio_msg_type=kind, audio_sample_rate=RATE, audio_channels=1)
+    image_pub = shared.publisher(Image, '/image')
+    audio_pub = shared.publisher(msg_type, '/audio')
+    unstamped = shared.node._stats.counts.get('unstamped_audio', 0)
+    try:
+        assert shared.wait_connected([image_pub, audio_pub])
+        stream = stream_until(shared, image_pub, audio_pub, windows=1, make_audio=lambda c, t:
+                              multiarray_msg(tone(CHUNK, c * CHUNK), kind))
+        assert shared.recorder.count('objects') >= 1
+        # Receipt-time stamps: the window pairs with frames near its end, not exactly on it.
+        for obj in shared.recorder.get('objects'):
+            assert abs(stamp_to_sec(obj.header.stamp) - stamp_to_sec(obj.audio_end)) <= 0.1 + 1e-6
+        assert shared.node._stats.counts['unstamped_audio'] > unstamped
+        del stream
+    finally:
+        shared.peer.destroy_publisher(image_pub)
+        shared.peer.destroy_publisher(audio_pub)
+        restart(shared, audio_msg_type='taco')
+
+
+@pytest.mark.parametrize('codec', ['jpeg', 'png'])
+def test_compressed_images(shared: NodeHarness, codec: str) -> None:
+    restart(shared, image_transport='compressed')
+    image_pub = shared.publisher(CompressedImage, '/image/compressed')
+    audio_pub = shared.publisher(AudioChunk, '/audio')
+    frame = make_frame((96, 128))
+    try:
+        assert shared.wait_connected([image_pub, audio_pub])
+        stream = stream_until(shared, image_pub, audio_pub, windows=1,
+                              make_image=lambda i, t: compressed_msg(frame, t, codec))
+        assert shared.recorder.count('objects') >= 1
+        check_window_outputs(shared, stream, {(96, 128)})
+    finally:
+        shared.peer.destroy_publisher(image_pub)
+        shared.peer.destroy_publisher(audio_pub)
+        restart(shared, image_transport='raw')
+
+
+def test_gaps_out_of_order_rate_change_and_loop(shared: NodeHarness) -> None:
+    """A stream that drops chunks, swaps chunks, switches to 48 kHz and loops back in time; each
+    is counted and windows keep coming after all of them."""
+    restart(shared)
+    image_pub = shared.publisher(Image, '/image')
+    audio_pub = shared.publisher(AudioChunk, '/audio', 'reliable', depth=200)
+    node = shared.node
+    phase = {'name': 'normal'}
+    held: list[Any] = []
+
+    def audio(c: int, t: float) -> Any:
+        name = phase['name']
+        if name == 'gap' and c % 40 < 10:
+            return None                                         # 320 ms missing
+        if name == 'swap' and c % 2 == 0:
+            held.append(audio_chunk_msg(tone(CHUNK, c * CHUNK), t))
+            return None                                         # sent after its successor
+        if name == 'rate':
+            n = CHUNK * 3
+            return audio_chunk_msg(tone(n, c * n, rate=48000), t, rate=48000)
+        msg = audio_chunk_msg(tone(CHUNK, c * CHUNK), t)
+        if held and name == 'swap':
+            audio_pub.publish(msg)
+            return held.pop()
+        return msg
+
+    stream = StreamPublisher(shared, image_pub, audio_pub, make_audio=audio)
+    try:
+        assert shared.wait_connected([image_pub, audio_pub])
+        stream.start(4 * WINDOW_TIMEOUT)
+        counts = node._stats.counts
+        expectations = [
+            ('gap', lambda: counts.get('audio_gaps', 0) > 0),
+            ('swap', lambda: counts.get('late_audio_chunks', 0) > 0),
+            ('rate', lambda: node._stats.resets.get('format_change', 0) > 0),
+        ]
+        for name, happened in expectations:
+            phase['name'] = name
+            assert shared.wait_for(happened, 10.0), f'{name} was not detected'
+            done = shared.recorder.count('objects')
+            assert shared.wait_for(lambda d=done: shared.recorder.count('objects') > d,
+                                   WINDOW_TIMEOUT), f'no window after {name}'
+        phase['name'] = 'normal'
+        resets = sum(node._stats.resets.values())
+        stream.t0 -= 30.0      # the bag loops: every stamp jumps 30 s back
+        # Camera or microphone may notice first; either restarts the buffers and warm state.
+        assert shared.wait_for(lambda: sum(node._stats.resets.values()) > resets, 10.0)
+        done = shared.recorder.count('objects')
+        assert shared.wait_for(lambda: shared.recorder.count('objects') > done, WINDOW_TIMEOUT)
+    finally:
+        stream.stop()
+        shared.peer.destroy_publisher(image_pub)
+        shared.peer.destroy_publisher(audio_pub)
+    assert shared.wait_for(lambda: 'jump' in shared.diagnostics_values('inputs').get(
+        'buffer resets', ''), 5.0), shared.diagnostics_values('inputs')
+
+
+def test_bad_input_corpus_is_reported_and_survived(shared: NodeHarness) -> None:
+    restart(shared)
+    image_pub = shared.publisher(Image, '/image', 'reliable', depth=10)
+    audio_pub = shared.publisher(AudioChunk, '/audio', 'reliable', depth=100)
+    node = shared.node
+    frame = make_frame()
+    try:
+        assert shared.wait_connected([image_pub, audio_pub])
+        now = node.get_clock().now().nanoseconds * 1e-9
+        bad_images = []
+        wrong_step = image_msg(frame, now)
+        wrong_step.step = 10
+        bad_images.append(wrong_step)
+        unknown = image_msg(frame, now)
+        unknown.encoding = 'yuv422_yuy2'
+        bad_images.append(unknown)
+        short = image_msg(frame, now)
+        short.data = bytes(short.data)[:1000]
+        bad_images.append(short)
+        huge = Image(height=4320, width=7680, encoding='mono8', step=7680)
+        huge.data = np.zeros(7680 * 4320, np.uint8).tobytes()
+        huge.header.stamp = image_msg(frame, now).header.stamp
+        bad_images.append(huge)
+        for msg in bad_images:
+            image_pub.publish(msg)
+        nan = audio_chunk_msg(tone(CHUNK, 0), now, fmt='f32')
+        nan.float32_data[5] = float('nan')
+        inf = audio_chunk_msg(tone(CHUNK, 0), now, fmt='f32')
+        inf.float32_data[9] = float('inf')
+        empty = audio_chunk_msg(np.zeros(0, np.float32), now)
+        for msg in (nan, inf, empty):
+            audio_pub.publish(msg)
+        counts = node._stats.counts
+        assert shared.wait_for(lambda: counts.get('bad_images', 0) >= 4
+                               and counts.get('bad_audio', 0) >= 2
+                               and counts.get('empty_audio', 0) >= 1, 20.0), dict(counts)
+
+        def zero_stamped(i: int, t: float) -> Any:
+            msg = image_msg(frame, t)
+            if i % 10 == 0:     # every tenth frame has an unset stamp
+                msg.header.stamp.sec = msg.header.stamp.nanosec = 0
+            return msg
+
+        stream_until(shared, image_pub, audio_pub, windows=2, make_image=zero_stamped)
+        assert shared.recorder.count('objects') >= 2, 'no good window after the bad input'
+        assert counts.get('zero_stamp_images', 0) >= 1
+        inputs = shared.diagnostics_values('inputs')
+        assert int(inputs['bad images']) >= 4 and int(inputs['bad audio']) >= 2
+    finally:
+        shared.peer.destroy_publisher(image_pub)
+        shared.peer.destroy_publisher(audio_pub)
+
+
+def test_vocabulary_service_changes_labels_on_the_next_window(shared: NodeHarness) -> None:
+    restart(shared)
+    client = shared.peer.create_client(SetVocabulary, '/taco_node/set_vocabulary')
+    late_labels = shared.peer.create_subscription(
+        LabelInfo, '/taco_node/label_info', shared.recorder.callback('late_label_info'),
+        QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                   durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    image_pub = shared.publisher(Image, '/image')
+    audio_pub = shared.publisher(AudioChunk, '/audio')
+    new_words = ['violin', 'trumpet', 'barking']
+    try:
+        assert client.wait_for_service(timeout_sec=10.0)
+        future = client.call_async(SetVocabulary.Request(words=['a', 'a']))
+        assert shared.wait_for(future.done, 10.0)
+        assert not future.result().success and 'duplicate' in future.result().message
+        future = client.call_async(SetVocabulary.Request(words=new_words))
+        assert shared.wait_for(future.done, 30.0)
+        assert future.result().success, future.result().message
+        assert shared.node.get_parameter('vocabulary').value == new_words
+        assert shared.wait_for(lambda: any(
+            [c.class_name for c in m.class_map] == new_words
+            for m in shared.recorder.get('label_info')), 10.0)
+        # A subscriber that joins later still gets the current vocabulary (transient local).
+        assert shared.wait_for(lambda: shared.recorder.count('late_label_info') > 0, 10.0)
+        assert [c.class_name for c in shared.recorder.get('late_label_info')[-1].class_map] == \
+            new_words
+        assert shared.wait_connected([image_pub, audio_pub])
+        shared.recorder.messages.pop('objects', None)
+        node = shared.node
+        node.set_parameters([Parameter('solver_max_steps', value=10)])
+        stream_until(shared, image_pub, audio_pub, windows=1)
+        objects = shared.recorder.get('objects')
+        assert objects
+        for obj in objects:
+            for o in obj.objects:
+                assert o.label in new_words and set(o.top_labels) <= set(new_words)
+    finally:
+        shared.node.set_parameters([Parameter('vocabulary', value=list(WORDS))])
+        shared.peer.destroy_client(client)
+        shared.peer.destroy_subscription(late_labels)
+        shared.peer.destroy_publisher(image_pub)
+        shared.peer.destroy_publisher(audio_pub)
+
+
+def test_busy_node_drops_windows_and_latency_stays_bounded(shared: NodeHarness) -> None:
+    """Windows every 0.1 s are due much faster than they are processed: the node takes the newest,
+    counts the rest as dropped, and the latency of what it publishes does not grow."""
+    restart(shared, hop_sec=0.1)
+    image_pub = shared.publisher(Image, '/image')
+    audio_pub = shared.publisher(AudioChunk, '/audio')
+    node = shared.node
+    dropped = node._stats.counts.get('dropped_busy', 0)
+    try:
+        assert shared.wait_connected([image_pub, audio_pub])
+        stream = StreamPublisher(shared, image_pub, audio_pub)
+        stream.start(WINDOW_TIMEOUT)
+        assert shared.wait_for(lambda: shared.recorder.count('objects') >= 4, WINDOW_TIMEOUT)
+        stream.stop()
+    finally:
+        shared.peer.destroy_publisher(image_pub)
+        shared.peer.destroy_publisher(audio_pub)
+        node.set_parameters([Parameter('hop_sec', value=1.0)])
+    assert node._stats.counts['dropped_busy'] > dropped
+    latencies = [stream.ros_time(received) - stamp_to_sec(obj.audio_end)
+                 for received, obj in shared.recorder.timed('objects')]
+    totals = [s.get('total', 0.0) / 1e3 for s in node._stats.stages]
+    bound = 2 * max(totals) + 1.0       # one window in flight + the one just taken + slack
+    assert max(latencies) <= bound, (latencies, totals)
+    inference = shared.diagnostics_values('inference')
+    assert shared.wait_for(lambda: float(shared.diagnostics_values('inference').get(
+        'dropped windows (busy)', '0')) > 0, 5.0), inference
+
+
+# ---------------------------------------------------------------------------- lifecycle
+def _rss_mb() -> float:
+    with open('/proc/self/status', encoding='ascii') as status:
+        for line in status:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_lifecycle_cycles_release_everything(context: Any, base: dict[str, Any]) -> None:
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    node = TacoNode('taco_node_cycles', context=context, parameter_overrides=[
+        Parameter(k, value=v) for k, v in {**base, 'autostart': False}.items()])
+    ok = TransitionCallbackReturn.SUCCESS
+    try:
+        publishers = len(list(node.publishers))
+        subscriptions = len(list(node.subscriptions))
+        rss = []
+        for cycle in range(20):
+            assert node.trigger_configure() == ok
+            pipeline = weakref.ref(node._pipeline)
+            assert node.trigger_activate() == ok
+            assert len(list(node.subscriptions)) > subscriptions
+            assert node.trigger_deactivate() == ok
+            assert node.trigger_cleanup() == ok
+            gc.collect()
+            assert pipeline() is None, f'cycle {cycle}: the pipeline outlived cleanup'
+            assert len(list(node.publishers)) == publishers
+            assert len(list(node.subscriptions)) == subscriptions
+            rss.append(_rss_mb())
+        growth = rss[-1] - rss[4]
+        assert growth < 150.0, f'RSS grew {growth:.0f} MB over 15 cycles: {rss}'
+    finally:
+        node.release()
+        node.destroy_node()
+
+
+def test_lifecycle_services_as_a_manager_sees_them(context: Any, base: dict[str, Any]) -> None:
+    from lifecycle_msgs.msg import State, Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    harness = NodeHarness(context, base, autostart=False, name='taco_node_managed')
+    peer = harness.peer
+    try:
+        change = peer.create_client(ChangeState, '/taco_node_managed/change_state')
+        get = peer.create_client(GetState, '/taco_node_managed/get_state')
+        assert change.wait_for_service(10.0) and get.wait_for_service(10.0)
+
+        def call(client: Any, request: Any) -> Any:
+            future = client.call_async(request)
+            assert harness.wait_for(future.done, WINDOW_TIMEOUT)
+            return future.result()
+
+        def state() -> int:
+            return call(get, GetState.Request()).current_state.id
+
+        assert state() == State.PRIMARY_STATE_UNCONFIGURED
+        for transition, expected in [(Transition.TRANSITION_CONFIGURE, State.PRIMARY_STATE_INACTIVE),
+                                     (Transition.TRANSITION_ACTIVATE, State.PRIMARY_STATE_ACTIVE),
+                                     (Transition.TRANSITION_DEACTIVATE, State.PRIMARY_STATE_INACTIVE),
+                                     (Transition.TRANSITION_CLEANUP, State.PRIMARY_STATE_UNCONFIGURED)]:
+            assert call(change, ChangeState.Request(transition=Transition(id=transition))).success
+            assert state() == expected
+    finally:
+        harness.close()
+
+
+def test_missing_model_files_refuse_to_start(context: Any, base: dict[str, Any],
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    isolate_model_search(monkeypatch, tmp_path)
+    node = TacoNode('taco_node_no_models', context=context, parameter_overrides=[
+        Parameter(k, value=v) for k, v in {**base, 'allow_random_weights': False,
+                                            'model_config': 'taco_tiny',
+                                            'autostart': False}.items()])
+    try:
+        assert not node.start()
+        assert node._pipeline is None and node._lifecycle == 'unconfigured'
+    finally:
+        node.release()
+        node.destroy_node()
+
+
+def test_main_exits_with_a_clear_error_without_model_files(tmp_path: Path) -> None:
+    env = {**os.environ, 'ROS_DOMAIN_ID': str(unique_domain_id()),
+           'XDG_CACHE_HOME': str(tmp_path / 'cache')}
+    env.pop('TACO_MODEL_DIR', None)
+    result = subprocess.run(
+        [sys.executable, '-m', 'taco_ros.taco_node', '--ros-args',
+         '-p', f'model_dir:={tmp_path}', '-p', 'device:=cpu'],
+        capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert 'model files are missing' in output and 'taco-ros models fetch' in output
