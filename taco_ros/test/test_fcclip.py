@@ -15,8 +15,10 @@ import torch.nn.functional as F
 from taco_ros.core.clip_backbone import ClipBackbone
 from taco_ros.core.fcclip import (
     FCCLIP,
+    FCCLIP_CHECKPOINT_NAME,
     FCCLIPConfig,
     build_fcclip,
+    find_fcclip_checkpoint,
     load_fcclip_checkpoint,
     read_checkpoint,
 )
@@ -199,6 +201,48 @@ def test_mask_pooling_averages_inside_mask_and_empty_mask_pools_to_zero() -> Non
     assert torch.all(pooled[0, 1] == 0)
 
 
+def upstream_decoder_masks(decoder, multi_scale: list[torch.Tensor],
+                           mask_features: torch.Tensor) -> torch.Tensor:
+    """Mask2Former's loop as written upstream: stride-4 masks after every layer, then resized to the next
+    memory level for the attention mask (the module computes them at the level size directly)."""
+    batch = mask_features.shape[0]
+    sizes = [tuple(x.shape[-2:]) for x in multi_scale]
+    srcs = [x.flatten(2).transpose(1, 2) + decoder.level_embed.weight[i] for i, x in enumerate(multi_scale)]
+    pos = [sine_position_embedding(h, w, x.shape[1] // 2, 'cpu').flatten(2).transpose(1, 2)
+           for (h, w), x in zip(sizes, multi_scale, strict=True)]
+    query_pos = decoder.query_embed.weight.unsqueeze(0).expand(batch, -1, -1)
+    output = decoder.query_feat.weight.unsqueeze(0).expand(batch, -1, -1)
+
+    def masks_of(out: torch.Tensor) -> torch.Tensor:
+        return torch.einsum('bqc,bchw->bqhw', decoder.mask_embed(decoder.decoder_norm(out)), mask_features)
+
+    masks = masks_of(output)
+    for i in range(decoder.num_layers):
+        level = i % 3
+        resized = F.interpolate(masks, size=sizes[level], mode='bilinear', align_corners=False)
+        attn = resized.sigmoid().flatten(2) < 0.5
+        attn = attn.unsqueeze(1).repeat(1, decoder.num_heads, 1, 1).flatten(0, 1)
+        attn[torch.where(attn.sum(-1) == attn.shape[-1])] = False
+        cross = decoder.transformer_cross_attention_layers[i]
+        output = cross(output, srcs[level], attn, pos[level], query_pos)
+        output = decoder.transformer_self_attention_layers[i](output, query_pos)
+        output = decoder.transformer_ffn_layers[i](output)
+        masks = masks_of(output)
+    return masks
+
+
+def test_decoder_level_size_attention_masks_match_upstream_stride4_masks(tiny_model, tiny_inputs) -> None:
+    features, _ = tiny_inputs
+    with torch.no_grad():
+        mask_features, multi_scale = tiny_model.sem_seg_head.pixel_decoder(features)
+        # Centred features put the random masks near 50 % blocked, so the attention masks matter.
+        mask_features = mask_features - mask_features.mean(dim=(2, 3), keepdim=True)
+        got = tiny_model.sem_seg_head.predictor(multi_scale, mask_features)['pred_masks']
+        expected = upstream_decoder_masks(tiny_model.sem_seg_head.predictor, multi_scale, mask_features)
+    assert got.shape == expected.shape == (2, 12, 32, 32)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
 # --------------------------------------------------------------------------------------------------
 # configuration
 def test_config_defaults_are_convnext_large_coco_and_from_dict_checks_keys() -> None:
@@ -361,6 +405,18 @@ def test_read_checkpoint_errors(tmp_path: Path) -> None:
     torch.save({'model': {'a': torch.zeros(1), 'b': 3}}, tmp_path / 'mixed.pth')
     with pytest.raises(ValueError, match='not tensors'):
         read_checkpoint(tmp_path / 'mixed.pth')
+
+
+def test_find_checkpoint_searches_model_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv('TACO_MODEL_DIR', str(tmp_path / 'env'))
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    assert find_fcclip_checkpoint(tmp_path / 'explicit') is None  # absent → coarse mode
+    (tmp_path / 'env').mkdir()
+    (tmp_path / 'env' / FCCLIP_CHECKPOINT_NAME).write_bytes(b'')
+    assert find_fcclip_checkpoint(tmp_path / 'explicit') == tmp_path / 'env' / FCCLIP_CHECKPOINT_NAME
+    (tmp_path / 'explicit').mkdir()
+    (tmp_path / 'explicit' / FCCLIP_CHECKPOINT_NAME).write_bytes(b'')
+    assert find_fcclip_checkpoint(tmp_path / 'explicit') == tmp_path / 'explicit' / FCCLIP_CHECKPOINT_NAME
 
 
 # --------------------------------------------------------------------------------------------------

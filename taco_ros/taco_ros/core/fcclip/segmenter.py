@@ -182,9 +182,11 @@ class FCCLIP(nn.Module):
         """σ(m_q) on the output grid [B, Q, H, W], stored in ``prepared.mask_probs[out_size]``."""
         out_size = _check_size(out_size, 'out_size')
         if out_size not in prepared.mask_probs:
-            chunks = [self._mask_probs_chunk(prepared, start, out_size)
-                      for start in range(0, prepared.num_queries, self.query_chunk)]
-            prepared.mask_probs[out_size] = torch.cat(chunks, dim=1)
+            # Filled chunk by chunk: peak memory is the cache plus one chunk, not twice the cache.
+            probs = prepared.mask_logits.new_empty(prepared.batch_size, prepared.num_queries, *out_size)
+            for start in range(0, prepared.num_queries, self.query_chunk):
+                probs[:, start:start + self.query_chunk] = self._mask_probs_chunk(prepared, start, out_size)
+            prepared.mask_probs[out_size] = probs
         return prepared.mask_probs[out_size]
 
     def _mask_probs_chunk(self, prepared: PreparedFrame, start: int, out_size: tuple[int, int]) -> Tensor:

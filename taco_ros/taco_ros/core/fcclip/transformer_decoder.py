@@ -8,7 +8,11 @@ m_q = mask_embed(q) · mask_features; the last one also gives FC-CLIP's in-vocab
 
 Only the last prediction is used at inference, and class embeddings never feed back into the masks, so the
 intermediate heads here compute masks only (upstream also computes class logits there for its auxiliary
-losses). Nothing here depends on the classifier: the in-vocabulary logits are formed later by
+losses). Intermediate masks only serve as attention masks, bilinearly resized to one memory level; bilinear
+resizing is linear per channel, so resize(mask_embed·F) = mask_embed·resize(F) and they are computed at the
+level size from resized mask features (equal up to float rounding; 576, 2304 or 9216 pixels per query
+instead of 36864 at 768², and no per-layer resize of 250 masks).
+Nothing here depends on the classifier: the in-vocabulary logits are formed later by
 :meth:`MaskedTransformerDecoder.class_logits`, which is what lets the segmenter re-score cached queries.
 """
 
@@ -149,11 +153,10 @@ class MaskedTransformerDecoder(nn.Module):
         masks = torch.einsum('bqc,bchw->bqhw', self.mask_embed(decoded), mask_features)
         return decoded, masks
 
-    def _attention_mask(self, mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
-        """Block (True) memory positions where the resized mask has sigmoid < 0.5; a query whose mask blocks
-        everything attends everywhere instead. [B·heads, Q, h·w] bool."""
-        resized = F.interpolate(mask_logits, size=size, mode='bilinear', align_corners=False)
-        blocked = (resized.sigmoid().flatten(2) < 0.5)
+    def _attention_mask(self, mask_logits: Tensor) -> Tensor:
+        """Block (True) memory positions where the mask at the level's size has sigmoid < 0.5; a query whose
+        mask blocks everything attends everywhere instead. [B·heads, Q, h·w] bool."""
+        blocked = (mask_logits.sigmoid().flatten(2) < 0.5)
         blocked = blocked & ~blocked.all(dim=-1, keepdim=True)
         return blocked.repeat_interleave(self.num_heads, dim=0)
 
@@ -178,16 +181,19 @@ class MaskedTransformerDecoder(nn.Module):
             srcs.append(proj(x).flatten(2).transpose(1, 2) + self.level_embed.weight[lvl])
         query_pos = self.query_embed.weight.unsqueeze(0).expand(batch, -1, -1)
         output = self.query_feat.weight.unsqueeze(0).expand(batch, -1, -1)
+        # Mask features at each memory level's size: intermediate masks are needed only there.
+        level_features = [F.interpolate(mask_features, size=size, mode='bilinear', align_corners=False)
+                          for size in sizes]
 
-        decoded, masks = self._predict_masks(output, mask_features)
         for i in range(self.num_layers):
             level = i % NUM_SCALES
-            attn_mask = self._attention_mask(masks, sizes[level])
+            _, level_masks = self._predict_masks(output, level_features[level])
+            attn_mask = self._attention_mask(level_masks)
             output = self.transformer_cross_attention_layers[i](output, srcs[level], attn_mask, pos[level],
                                                                 query_pos)
             output = self.transformer_self_attention_layers[i](output, query_pos)
             output = self.transformer_ffn_layers[i](output)
-            decoded, masks = self._predict_masks(output, mask_features)
+        decoded, masks = self._predict_masks(output, mask_features)
 
         pooled = self._mask_pooling_proj(mask_pooling(mask_features, masks))
         class_embed = self.class_embed(pooled + decoded)
