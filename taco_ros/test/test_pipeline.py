@@ -306,3 +306,42 @@ def test_cuda_autocast_and_suspend(small_config: Path, empty_dir: Path) -> None:
         check_result(pipe.process(frame, window), frame, window)
     finally:
         pipe.close()
+
+
+def _result_with_square(random_weights: bool, sounding: bool = True):
+    from taco_ros.core.pipeline import SoundingObjectResult, TacoResult
+
+    mask = np.zeros((120, 160), np.uint8)
+    objects = []
+    if sounding:
+        mask[40:80, 60:120] = 1
+        objects = [SoundingObjectResult(
+            mask_value=1, label='dog', score=0.31, top_labels=['dog', 'cat'],
+            top_scores=[0.31, 0.2], confidence=0.8, audio_activation=0.6,
+            bbox=(60, 40, 60, 40), factor_index=2)]
+    return TacoResult(
+        mask=mask, objects=objects, sounding=sounding, confidence=0.8, k_star=2, steps=5,
+        cold_start=False, mode='full', activation=np.array([0.1, 0.9, 0.5, 0.0, 1.0], np.float32),
+        token_offsets=np.arange(5, dtype=np.float32) * 0.2, token_duration=0.2,
+        window_duration=1.0, timings={}, score_map=None, random_weights=random_weights)
+
+
+def test_debug_overlay() -> None:
+    from taco_ros.core.overlay import colour_of, draw_debug
+
+    frame = np.full((120, 160, 3), 100, np.uint8)
+    plain = draw_debug(frame, _result_with_square(random_weights=False), alpha=0.5)
+    assert plain.shape == frame.shape and plain.dtype == np.uint8
+    inside = plain[60:75, 80:100].reshape(-1, 3).mean(axis=0)
+    expected = 0.5 * 100 + 0.5 * np.array(colour_of(1))
+    np.testing.assert_allclose(inside, expected, atol=2)
+    assert np.all(plain[2:10, 2:10] == 100)          # far from mask, text and strip: untouched
+    strip = plain[-12:, :].astype(int)
+    assert strip.std() > 10                          # the activation bars are drawn
+    flagged = draw_debug(frame, _result_with_square(random_weights=True))
+    top = flagged[2:8, 0:35].reshape(-1, 3).mean(axis=0)   # banner left of its text
+    assert top[0] > top[1] + 50 and top[0] > top[2] + 50   # a red banner
+    empty = draw_debug(frame, _result_with_square(random_weights=False, sounding=False))
+    assert empty.shape == frame.shape
+    with pytest.raises(ValueError, match='RGB'):
+        draw_debug(frame[..., 0], _result_with_square(random_weights=False))

@@ -88,7 +88,11 @@ def draw_debug(frame: np.ndarray, result: Any, alpha: float = 0.5) -> np.ndarray
         x, y, w, h = obj.bbox
         colour = colour_of(obj.mask_value)
         cv2.rectangle(image, (int(x), int(y)), (int(x + w - 1), int(y + h - 1)), colour, thickness)
-        put_label(image, f'{obj.label} {obj.score:.2f}', (int(x), int(y)), colour, scale, thickness)
+        text = f'{obj.label} {obj.score:.2f}'
+        (_, th), base = cv2.getTextSize(text, FONT, scale, thickness)
+        # Above the box when there is room, so the label does not hide the object.
+        top = int(y) - th - base - 4 if y >= th + base + 4 else int(y)
+        put_label(image, text, (int(x), top), colour, scale, thickness)
     if not result.objects:
         put_label(image, f'nothing sounding ({result.mode})', (4, 4), (220, 220, 220), scale,
                   thickness)
