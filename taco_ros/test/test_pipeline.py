@@ -339,7 +339,7 @@ def test_debug_overlay() -> None:
     strip = plain[-12:, :].astype(int)
     assert strip.std() > 10                          # the activation bars are drawn
     flagged = draw_debug(frame, _result_with_square(random_weights=True))
-    top = flagged[2:8, 0:35].reshape(-1, 3).mean(axis=0)   # banner left of its text
+    top = np.median(flagged[:8].reshape(-1, 3), axis=0)   # mostly banner, some text
     assert top[0] > top[1] + 50 and top[0] > top[2] + 50   # a red banner
     empty = draw_debug(frame, _result_with_square(random_weights=False, sounding=False))
     assert empty.shape == frame.shape

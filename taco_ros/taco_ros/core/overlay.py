@@ -44,18 +44,27 @@ def blend_mask(frame: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
     return out
 
 
+def _fit_scale(text: str, width: int, scale: float, thickness: int) -> float:
+    """The largest scale ≤ ``scale`` at which ``text`` fits in ``width`` pixels (at least 0.25)."""
+    (tw, _), _ = cv2.getTextSize(text, FONT, scale, thickness)
+    return max(0.25, scale * min(1.0, (width - 8) / max(tw, 1)))
+
+
 def _text_scale(width: int) -> tuple[float, int]:
     scale = max(0.4, min(1.2, width / 900.0))
     return scale, max(1, round(scale * 2))
 
 
 def put_label(image: np.ndarray, text: str, origin: tuple[int, int],
-              colour: tuple[int, int, int], scale: float, thickness: int) -> None:
-    """Text on a dark box whose top-left corner is ``origin`` (kept inside the image)."""
+              colour: tuple[int, int, int], scale: float, thickness: int,
+              boxed: bool = True) -> None:
+    """Text (on a dark box unless ``boxed`` is False) whose top-left corner is ``origin``, kept
+    inside the image."""
     (tw, th), base = cv2.getTextSize(text, FONT, scale, thickness)
     x = int(np.clip(origin[0], 0, max(0, image.shape[1] - tw - 4)))
     y = int(np.clip(origin[1], 0, max(0, image.shape[0] - th - base - 4)))
-    cv2.rectangle(image, (x, y), (x + tw + 4, y + th + base + 4), (0, 0, 0), thickness=-1)
+    if boxed:
+        cv2.rectangle(image, (x, y), (x + tw + 4, y + th + base + 4), (0, 0, 0), thickness=-1)
     cv2.putText(image, text, (x + 2, y + th + 2), FONT, scale, colour, thickness, cv2.LINE_AA)
 
 
@@ -109,6 +118,8 @@ def draw_debug(frame: np.ndarray, result: Any, alpha: float = 0.5) -> np.ndarray
         banner = max(18, height // 12)
         image[:banner] = (image[:banner].astype(np.float32) * 0.3
                           + np.array((200, 0, 0), np.float32) * 0.7).astype(np.uint8)
-        put_label(image, 'RANDOM WEIGHTS - output is meaningless', (width // 4, 0),
-                  (255, 255, 255), scale, thickness)
+        text = 'RANDOM WEIGHTS - output is meaningless'
+        fitted = _fit_scale(text, width, scale, 1)
+        put_label(image, text, (4, max(0, banner // 2 - 8)), (255, 255, 255), fitted, 1,
+                  boxed=False)
     return image
