@@ -324,20 +324,29 @@ def test_batch_uses_per_image_classifier(tiny_model, tiny_inputs) -> None:
     torch.testing.assert_close(shared[0], both[0], atol=1e-6, rtol=1e-6)
 
 
-def test_factor_scale_is_irrelevant_and_beta_changes_the_ensemble(tiny_inputs) -> None:
+def variant_of(model: FCCLIP, **overrides: object) -> FCCLIP:
+    """Same weights (and the same backbone object), other inference constants."""
+    variant = FCCLIP(tiny_config(**overrides), model.backbone)
+    variant.load_state_dict(model.state_dict())
+    return variant
+
+
+def test_factor_scale_is_irrelevant_and_beta_changes_the_ensemble(tiny_model, tiny_inputs) -> None:
     features, valid = tiny_inputs
     factors = random_factors(2, 4, seed=6)
-    model = build_tiny()
-    base = model(features, factors, valid)
-    torch.testing.assert_close(model(features, 7.0 * factors, valid), base, atol=1e-5, rtol=1e-5)
-    in_vocab_only = build_tiny(ensemble_beta=0.0)
-    assert not torch.allclose(in_vocab_only(features, factors, valid), base, atol=1e-4)
+    prepared = tiny_model.prepare(features, valid)
+    base = tiny_model.semantic_map(prepared, factors)
+    torch.testing.assert_close(tiny_model.semantic_map(prepared, 7.0 * factors), base, atol=1e-5, rtol=1e-5)
+    in_vocab_only = variant_of(tiny_model, ensemble_beta=0.0)
+    assert not torch.allclose(in_vocab_only.semantic_map(prepared, factors), base, atol=1e-4)
     # A factor marked "seen" uses alpha; with alpha == beta that is the same map.
-    same = build_tiny(ensemble_alpha=1.0)
-    prepared = same.prepare(features, valid)
+    same = variant_of(tiny_model, ensemble_alpha=1.0)
     all_seen = torch.ones(4, dtype=torch.bool)
     seen_map = same.semantic_map(prepared, factors, seen=all_seen)
     torch.testing.assert_close(seen_map, base, atol=1e-6, rtol=1e-6)
+    half = variant_of(tiny_model, ensemble_alpha=0.0)
+    mixed = half.semantic_map(prepared, factors, seen=torch.tensor([True, False, False, False]))
+    assert not torch.allclose(mixed, base, atol=1e-4)
 
 
 def test_segment_images_runs_backbone_then_head(tiny_model) -> None:
@@ -452,10 +461,29 @@ def test_state_dict_matches_expected_keys(full_model: FCCLIP) -> None:
 
 
 @pytest.mark.slow
+def test_full_size_forward_768(full_model: FCCLIP) -> None:
+    torch.manual_seed(0)
+    model = full_model
+    images = torch.rand(1, 3, 480, 640) * 255
+    padded, valid = model.backbone.preprocess(images)
+    assert padded.shape == (1, 3, 768, 768) and valid == (764, 764)
+    with torch.no_grad():
+        features = model.backbone(padded)
+    prepared = model.prepare(features, valid)
+    assert prepared.mask_logits.shape == (1, 250, 192, 192)
+    assert prepared.class_embed.shape == prepared.clip_embed.shape == (1, 250, 768)
+    factors = model.backbone.image_tokens(features)[:, :8]  # any 8 non-negative CLIP-space vectors
+    sem = model.semantic_map(prepared, factors)
+    assert sem.shape == (1, 8, 764, 764) and torch.isfinite(sem).all() and sem.std() > 0
+    small = model.semantic_map(prepared, factors, out_size=(480, 640), channels=[5])
+    assert small.shape == (1, 1, 480, 640)
+
+
+@pytest.mark.slow
 def test_full_size_detectron2_checkpoint_loads_with_zero_missing_keys(full_model: FCCLIP,
                                                                       tmp_path: Path) -> None:
     # A file in the released layout built from the fixture: every tensor a stride-0 view of one value,
-    # so 352M "parameters" take a few bytes on disk.
+    # so 352M "parameters" take a few bytes on disk. Runs last: it overwrites full_model's weights.
     state = {f'module.{k}': torch.full((1,), 0.01).expand(shape) if shape else torch.tensor(0.01)
              for k, shape in read_expected_keys()}
     torch.save({'model': state, 'iteration': 368749}, tmp_path / 'fcclip_cocopan.pth')
@@ -463,23 +491,3 @@ def test_full_size_detectron2_checkpoint_loads_with_zero_missing_keys(full_model
     assert report.ok and not report.missing and not report.unexpected and not report.missing_training_only
     assert report.loaded == 846
     assert float(full_model.sem_seg_head.predictor.query_feat.weight[3, 7]) == pytest.approx(0.01)
-
-
-@pytest.mark.slow
-def test_full_size_forward_768(full_model: FCCLIP) -> None:
-    torch.manual_seed(0)
-    # Fresh random head weights (the checkpoint test may have filled them with a constant).
-    reference = build_fcclip(full_model.backbone, FCCLIPConfig())
-    images = torch.rand(1, 3, 480, 640) * 255
-    padded, valid = reference.backbone.preprocess(images)
-    assert padded.shape == (1, 3, 768, 768) and valid == (764, 764)
-    with torch.no_grad():
-        features = reference.backbone(padded)
-    prepared = reference.prepare(features, valid)
-    assert prepared.mask_logits.shape == (1, 250, 192, 192)
-    assert prepared.class_embed.shape == prepared.clip_embed.shape == (1, 250, 768)
-    factors = reference.backbone.image_tokens(features)[:, :8]  # any 8 non-negative CLIP-space vectors
-    sem = reference.semantic_map(prepared, factors)
-    assert sem.shape == (1, 8, 764, 764) and torch.isfinite(sem).all()
-    small = reference.semantic_map(prepared, factors, out_size=(480, 640), channels=[5])
-    assert small.shape == (1, 1, 480, 640)
