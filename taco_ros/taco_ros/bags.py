@@ -434,9 +434,12 @@ def render_scene_frame(config: SceneConfig, t: float) -> np.ndarray:
     r = size * 0.11
     corners = np.array([[x, y - r], [x - r * 0.87, y + r * 0.5], [x + r * 0.87, y + r * 0.5]])
     cv2.fillPoly(bgr, [corners.astype(np.int32)], (30, 210, 235), cv2.LINE_AA)
+    # The time, top right under where overlays put their banners (they cover top and bottom).
     scale = max(0.35, size / 900)
-    cv2.putText(bgr, f't={t:5.2f}s', (6, h - 8), cv2.FONT_HERSHEY_SIMPLEX, scale, (20, 20, 20),
-                max(1, int(scale * 2)), cv2.LINE_AA)
+    text = f't={t:5.2f}s'
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, int(scale * 2)))
+    cv2.putText(bgr, text, (w - tw - 6, int(h * 0.14) + th), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                (20, 20, 20), max(1, int(scale * 2)), cv2.LINE_AA)
     return np.ascontiguousarray(bgr[..., ::-1])
 
 

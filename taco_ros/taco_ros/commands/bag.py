@@ -105,9 +105,9 @@ class BagPlayer:
     rate: playback speed factor; loops: times through the bag (0 = until stopped);
     start_offset: seconds of the bag skipped at the start; clock: publish rosgraph_msgs/Clock with
     the bag time (for nodes with use_sim_time), ``clock_hz`` times a second and before each message;
-    restamp: shift every header stamp so the bag looks live (stamp = wall time at which it would have
-    been captured, keeping the recorded spacing; with rate != 1 stamps advance at the recorded
-    speed, and each pass starts after the previous one ended, so stamps never go back).
+    restamp: shift every header stamp so the bag looks live: the first pass is stamped from the wall
+    time it starts at, keeping the recorded spacing (with rate != 1 stamps advance at the recorded
+    speed); pass k is the first pass shifted by k * (bag span + loop gap), so stamps never go back.
     """
 
     def __init__(self, node: Any, path: str | Path, *, rate: float = 1.0, loops: int = 1,
@@ -151,7 +151,7 @@ class BagPlayer:
             self._clock_publisher = node.create_publisher(
                 Clock, '/clock', QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
         self._bag_now_ns = self._bag_start
-        self._min_shift_ns = 0
+        self._first_shift_ns: int | None = None
         self.stop_event = threading.Event()
 
     @property
@@ -210,9 +210,12 @@ class BagPlayer:
         # before the end of the previous pass (rate > 1 plays faster than the stamps advance).
         shift_ns = 0
         if self.restamp:
-            shift_ns = max(time.time_ns() - first_ns, self._min_shift_ns)
-            self._min_shift_ns = (shift_ns + self._bag_end - first_ns
-                                  + round(self.loop_gap * 1e9 * self.rate))
+            # Later passes continue the first one's time line: shifted by whole periods of
+            # (bag span + loop gap), so the stamps of every pass are the first pass's plus k periods.
+            if self._first_shift_ns is None:
+                self._first_shift_ns = time.time_ns() - first_ns
+            period_ns = self._bag_end - first_ns + round(self.loop_gap * 1e9 * self.rate)
+            shift_ns = self._first_shift_ns + report.loops * period_ns
         with Reader(self.path) as reader:
             connections = [c for c in reader.connections if c.topic in self._publishers]
             for connection, log_ns, raw in reader.messages(connections=connections, start=first_ns):
@@ -244,11 +247,14 @@ class BagRecorder:
     """Records topics into a new bag: each topic is subscribed (raw CDR) once a publisher offers it,
     with the publisher's reliability and durability, so latched topics (label_info) are caught too.
 
-    topics: {topic: message type or None (take the advertised type)}.
+    topics: {topic: message type or None (take the advertised type)}. Callbacks may run on any
+    executor thread: one writer thread owns the bag (rosbags' sqlite3 storage is thread-bound).
     """
 
     def __init__(self, node: Any, path: str | Path, topics: dict[str, str | None], *,
                  storage: str = 'sqlite3', depth: int = 100):
+        import queue
+
         from rosbags.rosbag2 import Writer
 
         if not topics:
@@ -260,14 +266,44 @@ class BagRecorder:
         self.topics = {node.resolve_topic_name(t): m for t, m in topics.items()}
         self.depth = depth
         self.counts: dict[str, int] = {t: 0 for t in self.topics}
-        self._lock = threading.Lock()
         self._writer = Writer(self.path, version=9, storage_plugin=bags._storage_plugin(storage))
-        self._writer.open()
-        self._connections: dict[str, Any] = {}
+        self._queue: queue.Queue[tuple[str, tuple] | None] = queue.Queue()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._write_loop, name='bag_writer', daemon=True)
+        self._thread.start()
+        self._ready.wait(timeout=10)
+        if self._error is not None:
+            raise self._error
         self._subscriptions: dict[str, Any] = {}
         self._closed = False
         self._subscribe_available()
         self._timer = node.create_timer(0.2, self._subscribe_available)
+
+    def _write_loop(self) -> None:
+        connections: dict[str, Any] = {}
+        try:
+            self._writer.open()
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while (item := self._queue.get()) is not None:
+                op, args = item
+                if op == 'connect':
+                    topic, msgtype, qos = args
+                    connections[topic] = self._writer.add_connection(
+                        topic, msgtype, typestore=bags.typestore(), offered_qos_profiles=[qos])
+                else:
+                    topic, log_ns, raw = args
+                    self._writer.write(connections[topic], log_ns, raw)
+                    self.counts[topic] += 1
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._writer.close()
 
     def _subscribe_available(self) -> None:
         advertised = dict(self.node.get_topic_names_and_types())
@@ -292,36 +328,31 @@ class BagRecorder:
             history=HistoryPolicy.KEEP_LAST, depth=self.depth,
             reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
             durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
-        with self._lock:
-            if self._closed:
-                return
-            self._connections[topic] = self._writer.add_connection(
-                topic, msgtype, typestore=bags.typestore(),
-                offered_qos_profiles=[_bag_qos(offered[0], reliable, latched)])
+        if self._closed:
+            return
+        self._queue.put(('connect', (topic, msgtype, _bag_qos(offered[0], reliable, latched))))
         self._subscriptions[topic] = self.node.create_subscription(
             message_class(msgtype), topic, lambda raw, t=topic: self._write(t, raw), qos, raw=True)
 
     def _write(self, topic: str, raw: bytes) -> None:
-        now_ns = self.node.get_clock().now().nanoseconds
-        with self._lock:
-            if self._closed:
-                return
-            self._writer.write(self._connections[topic], now_ns, raw)
-            self.counts[topic] += 1
+        if not self._closed:
+            self._queue.put(('write', (topic, self.node.get_clock().now().nanoseconds, raw)))
 
     def subscribed(self) -> list[str]:
         return sorted(self._subscriptions)
 
     def close(self) -> None:
         """Stop recording and finish the bag (metadata.yaml is written here)."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._writer.close()
+        if self._closed:
+            return
+        self._closed = True
         self.node.destroy_timer(self._timer)
         for subscription in self._subscriptions.values():
             self.node.destroy_subscription(subscription)
+        self._queue.put(None)
+        self._thread.join(timeout=60)
+        if self._error is not None:
+            raise RuntimeError(f'recording {self.path} failed: {self._error}') from self._error
 
 
 def _bag_qos(offered: Any, reliable: bool, latched: bool) -> Any:
