@@ -202,3 +202,47 @@ def test_mic_node_starts_from_the_launch_command_line(description: Any, tmp_path
     finally:
         stop_process(process)
     assert process.returncode == 0, process.stdout.read()
+
+
+@pytest.mark.ros
+@pytest.mark.skipif(not (LIB_DIR / 'taco_node').is_file(), reason='taco_node is not installed')
+def test_taco_node_starts_from_the_launch_command_line(description: Any, tmp_path: Path) -> None:
+    """What `ros2 launch taco_ros taco.launch.py namespace:=robot1 ...` runs for taco_node comes up
+    under its namespace, subscribed to the remapped inputs, with label_info latched."""
+    from node_fixtures import small_model_config
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    from taco_msgs.msg import AudioChunk, LabelInfo
+    resolver = LaunchResolver(description, {
+        'namespace': 'robot1', 'camera_topic': '/robot1/camera/color/image_raw',
+        'audio_topic': '/robot1/audio', 'device': 'cpu', 'allow_random_weights': 'true',
+        'model_config': str(small_model_config(tmp_path / 'models'))})
+    command = resolver.command(_node(resolver, 'taco_node'))
+    env = dict(os.environ, **isolate_dds(), XDG_CACHE_HOME=str(tmp_path / 'cache'))
+    env.pop('TACO_MODEL_DIR', None)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    try:
+        with ros_session('launch_test_taco_probe') as (_, node, executor):
+            infos: list = []
+            latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            node.create_subscription(LabelInfo, '/robot1/taco_node/label_info', infos.append,
+                                     latched)
+
+            def up() -> bool:
+                assert process.poll() is None, process.stdout.read()
+                return bool(infos)
+            # audio_msg_type auto: taco_node subscribes once a publisher shows the audio type.
+            node.create_publisher(AudioChunk, '/robot1/audio', 10)
+            assert spin_until(executor, up, 120), 'taco_node published no label_info'
+            for topic in ('/robot1/camera/color/image_raw', '/robot1/audio'):
+                def subscribed(topic: str = topic) -> bool:
+                    found = node.get_subscriptions_info_by_topic(topic)
+                    return [(s.node_name, s.node_namespace) for s in found] == [
+                        ('taco_node', '/robot1')]
+                assert spin_until(executor, subscribed, 20), f'taco_node is not on {topic}'
+            assert len(infos[0].class_map) == 527      # the default AudioSet vocabulary
+    finally:
+        stop_process(process)
+    assert process.returncode == 0, process.stdout.read()
