@@ -278,6 +278,7 @@ def test_s4_paper_two_runs_json_table_plots(tiny, tiny_config, tmp_path, capsys)
     assert code == 0
     printed = capsys.readouterr().out
     assert 'RANDOM WEIGHTS' in printed and 'mIoU (best threshold)' in printed
+    assert 'note: solver overrides or audio context in effect: not the paper protocol' in printed
     summary = _load(out)
     assert summary['random_weights'] and summary['reference'] == {}
     assert summary['samples'] == 3 and len(summary['runs']) == 2
@@ -301,8 +302,9 @@ def test_ms3_streaming(tiny, tiny_config, tmp_path):
     out = tmp_path / 'ms3.json'
     assert _eval('--benchmark', 'ms3', '--root', str(tiny['ms3']['root']), '--mode', 'streaming',
                  '--runs', '1', '--limit', '4', '--model-config', tiny_config, '--allow-random-weights',
-                 '--solver', 'max_steps=12', '--output', str(out)) == 0
+                 '--solver', 'max_steps=12', '--audio-context', 'history', '--output', str(out)) == 0
     summary = _load(out)
+    assert summary['settings']['audio_context'] == 'history'
     assert summary['samples'] == 4 and summary['settings']['solver_profile'] == 'streaming'
     assert summary['settings']['solver']['warm_start'] is True
     assert {'miou', 'fscore', 'miou_u', 'miou_fixed', 'negative_empty_rate'} <= set(summary['mean'])

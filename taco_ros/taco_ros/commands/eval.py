@@ -50,6 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N (default: auto)')
     parser.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'bf16'),
                         help='autocast precision of the backbones on CUDA (default: fp32)')
+    parser.add_argument('--audio-context', default='tile', choices=('tile', 'history'),
+                        help="streaming/baseline: 'tile' repeats each frame's clip to CLAP's 7 s (the "
+                             "paper); 'history' feeds the video's earlier clips too, as a live node can "
+                             '(default: %(default)s)')
     parser.add_argument('--solver', action='append', default=[], metavar='FIELD=VALUE',
                         help='override a co-NMF setting (e.g. max_steps=200); repeatable. The run is then '
                              'no longer the paper protocol, and the summary says so')
@@ -98,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         engine = PipelineEngine(
             benchmark, mode=args.mode, model_config=args.model_config, model_dir=args.model_dir,
             device=args.device, precision=args.precision, solver_overrides=overrides,
-            allow_random_weights=args.allow_random_weights, seed=seed)
+            allow_random_weights=args.allow_random_weights, seed=seed, audio_context=args.audio_context)
     except (FileNotFoundError, ValueError) as error:
         # ModelFileNotFound derives from FileNotFoundError; its message says where the files were looked for.
         print(f'taco-ros eval: {error}', file=sys.stderr)

@@ -92,8 +92,8 @@ def build_summary(*, benchmark: str, mode: str, runs: list[dict[str, float | Non
         'runs': runs,
         'mean': mean,
         'std': std,
-        # Comparing random-weight numbers with the paper would be meaningless.
-        'reference': {} if random_weights else reference_check(benchmark, mean),
+        # Random-weight numbers, or the A-FC-CLIP baseline, are not what the paper's TACO values measure.
+        'reference': {} if random_weights or mode == 'baseline' else reference_check(benchmark, mean),
         'curves': curves or {},
         'timings_ms': timing_summary(timings or {}),
         'notes': notes or [],
@@ -164,6 +164,7 @@ def format_table(summary: dict) -> str:
             f'{stage} {t["mean"]:.1f}' for stage, t in timings.items()))
     if any(ref and not ref['within_tolerance'] for ref in reference.values()):
         lines.append('! outside max(2·std, 1.0) of the paper value')
+    lines.extend(f'note: {note}' for note in summary.get('notes', []))
     return '\n'.join(lines)
 
 
@@ -223,7 +224,9 @@ def plot_timings(summary: dict, path: str | Path) -> Path | None:
     axis.barh(stages, means, xerr=stds, color='tab:blue', alpha=0.8)
     axis.invert_yaxis()
     axis.set_xlabel('milliseconds per frame (mean ± std)')
-    title = f'{summary["benchmark"]} · {summary["mode"]} · {summary["settings"].get("device", "")}'
+    settings = summary['settings']
+    title = (f'{summary["benchmark"]} · {summary["mode"]} · {settings.get("model_config", "")} · '
+             f'{settings.get("device", "")}')
     if summary.get('random_weights'):
         title += ' · RANDOM WEIGHTS'
     axis.set_title(title, fontsize=9)

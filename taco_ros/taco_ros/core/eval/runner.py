@@ -355,8 +355,11 @@ def evaluate(benchmark: Benchmark, engine: Engine, options: RunOptions,
             f'{k} {v:.2f}' for k, v in results[-1].items() if v is not None))
     if engine.random_weights:
         notes.append('random weights: the numbers exercise the code path and mean nothing about TACO')
+    if options.mode in ('paper', 'coarse') and engine.description.get('paper_protocol') is False:
+        notes.append('solver overrides or audio context in effect: not the paper protocol')
     settings = dict(engine.description)
-    settings.update(mode=options.mode, runs=options.runs, seed=options.seed,
+    settings.update(root=str(benchmark.root), videos=len(benchmark.videos()),
+                    mode=options.mode, runs=options.runs, seed=options.seed,
                     negative_audio=options.negative_audio,
                     audio='paper: channels concatenated, random 7-s crop' if options.mode == 'paper'
                     else 'as recorded (the encoder averages channels, keeps the last 7 s)',
@@ -413,7 +416,7 @@ class PipelineEngine:
     def __init__(self, benchmark: Benchmark, *, mode: str, model_config: str = 'taco_convnext_large',
                  model_dir: str | None = None, device: str = 'auto', precision: str = 'fp32',
                  solver_overrides: dict | None = None, allow_random_weights: bool = False,
-                 seed: int = 0) -> None:
+                 seed: int = 0, audio_context: str = 'tile') -> None:
         from taco_ros.core.anchors import audioset_labels
         from taco_ros.core.pipeline import PipelineConfig, TacoPipeline
 
@@ -428,7 +431,7 @@ class PipelineEngine:
             mode=PIPELINE_MODES[mode], vocabulary=resolve_vocabulary(benchmark, audioset_labels()),
             solver_profile='streaming' if mode == 'streaming' else 'paper',
             solver_overrides=dict(self.overrides), allow_random_weights=allow_random_weights, seed=seed,
-            keep_text_encoders=False, always_segment=True)
+            keep_text_encoders=False, always_segment=True, audio_context=audio_context)
         self.pipeline = TacoPipeline(config)
         self.random_weights = bool(self.pipeline.random_weights)
         self.vocabulary = list(self.pipeline.vocabulary)
@@ -440,8 +443,8 @@ class PipelineEngine:
             'solver': {k: getattr(solver, k) for k in ('optimizer', 'lr', 'max_steps', 'tol', 'warm_start',
                                                        'beta_t', 'beta_p', 'K')},
             'solver_overrides': self.overrides, 'vocabulary_size': len(self.vocabulary),
-            'mask_threshold': config.mask_threshold,
-            'paper_protocol': mode in ('paper', 'coarse') and not self.overrides,
+            'mask_threshold': config.mask_threshold, 'audio_context': audio_context,
+            'paper_protocol': mode in ('paper', 'coarse') and not self.overrides and audio_context == 'tile',
         }
         self._run_seed = seed
 
@@ -461,16 +464,21 @@ class PipelineEngine:
         self.pipeline.close()
 
     # -- the node's path -------------------------------------------------------------------------
-    def _window(self, clip: Clip):
+    def _window(self, clip: Clip, history: list[Clip]):
         from taco_ros.core.audio_buffer import AudioWindow
 
-        return AudioWindow(samples=clip.samples, sample_rate=clip.sample_rate, start=clip.start)
+        # 'history' context: the video's earlier clips, when they share the rate and channel layout.
+        usable = [c.samples for c in history
+                  if c.sample_rate == clip.sample_rate and c.samples.shape[1:] == clip.samples.shape[1:]]
+        past = np.concatenate(usable) if usable and len(usable) == len(history) else None
+        return AudioWindow(samples=clip.samples, sample_rate=clip.sample_rate, start=clip.start,
+                           history=past)
 
     def _process_video(self, frames: Sequence[np.ndarray], clips: Sequence[Clip]) -> list[FrameOutput]:
         self.pipeline.reset()
         outputs = []
-        for frame, clip in zip(frames, clips, strict=True):
-            result = self.pipeline.process(frame, self._window(clip))
+        for index, (frame, clip) in enumerate(zip(frames, clips, strict=True)):
+            result = self.pipeline.process(frame, self._window(clip, list(clips[:index])))
             # The solver's last result holds U_I: its k* column is the paper's unrefined map.
             previous = getattr(self.pipeline, '_previous', None)
             coarse = None
