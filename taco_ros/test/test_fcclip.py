@@ -19,6 +19,7 @@ from taco_ros.core.fcclip import (
     FCCLIPConfig,
     build_fcclip,
     find_fcclip_checkpoint,
+    load_fcclip,
     load_fcclip_checkpoint,
     read_checkpoint,
 )
@@ -403,6 +404,25 @@ def test_detectron2_checkpoint_round_trip(tmp_path: Path, tiny_inputs, caplog) -
     assert report.missing_training_only == ['criterion.empty_weight']
     assert 'void_embedding.weight' in caplog.text
     assert 'missing inference keys (1)' in report.summary()
+
+
+def test_load_fcclip_head_only_keeps_backbone_and_refuses_incomplete_files(tmp_path: Path) -> None:
+    source = build_tiny(seed=20)
+    torch.save({'model': source.state_dict()}, tmp_path / 'full.pth')
+    backbone = tiny_clip_backbone()
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    model, report = load_fcclip(backbone, tmp_path / 'full.pth', tiny_config(), load_backbone=False)
+    assert report.ok and report.skipped == len(before)
+    assert all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
+    assert torch.equal(model.void_embedding.weight, source.void_embedding.weight)
+    model, report = load_fcclip(tiny_clip_backbone(), tmp_path / 'full.pth', tiny_config())
+    stem = 'backbone.clip_model.visual.trunk.stem.0.weight'
+    assert report.skipped == 0 and torch.equal(model.state_dict()[stem], source.state_dict()[stem])
+    head_only = {k: v for k, v in source.state_dict().items()
+                 if not k.startswith('sem_seg_head.pixel_decoder')}
+    torch.save(head_only, tmp_path / 'partial.pth')
+    with pytest.raises(ValueError, match='missing inference keys'):
+        load_fcclip(tiny_clip_backbone(), tmp_path / 'partial.pth', tiny_config())
 
 
 def test_read_checkpoint_errors(tmp_path: Path) -> None:

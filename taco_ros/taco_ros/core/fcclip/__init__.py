@@ -1,13 +1,16 @@
 """FC-CLIP (ConvNeXt-L, COCO panoptic) inference in plain PyTorch, prompted by co-NMF image factors.
 
 No detectron2 and no compiled ops: deformable attention uses ``grid_sample`` (CPU and CUDA).
-Entry points: :class:`FCCLIPConfig`, :class:`FCCLIP` / :func:`build_fcclip`, :func:`load_fcclip_checkpoint`.
+Entry points: :class:`FCCLIPConfig`; :class:`FCCLIP` (``prepare`` → :class:`PreparedFrame` →
+``semantic_map``) built by :func:`build_fcclip` or, with weights, :func:`load_fcclip`;
+:func:`find_fcclip_checkpoint` (None → the pipeline's coarse mode); :func:`load_fcclip_checkpoint`.
 """
 
 from taco_ros.core.fcclip.checkpoint import (
     FCCLIP_CHECKPOINT_NAME,
     LoadReport,
     find_fcclip_checkpoint,
+    load_fcclip,
     load_fcclip_checkpoint,
     load_state_into,
     read_checkpoint,
@@ -23,6 +26,7 @@ __all__ = [
     'PreparedFrame',
     'build_fcclip',
     'find_fcclip_checkpoint',
+    'load_fcclip',
     'load_fcclip_checkpoint',
     'load_state_into',
     'read_checkpoint',

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from taco_ros.core.fcclip.config import FCCLIPConfig
+from taco_ros.core.fcclip.segmenter import FCCLIP, TRAINING_ONLY_PREFIXES, build_fcclip
 from taco_ros.core.model_files import model_search_dirs
 
 LOG = logging.getLogger(__name__)
@@ -25,7 +27,6 @@ LOG = logging.getLogger(__name__)
 # The released FC-CLIP ConvNeXt-L COCO-panoptic checkpoint (fc-clip README; TACO's paths.yaml).
 FCCLIP_CHECKPOINT_NAME = 'fcclip_cocopan.pth'
 PARALLEL_PREFIX = 'module.'
-TRAINING_ONLY_PREFIXES = ('criterion.',)
 
 
 @dataclass
@@ -36,11 +37,13 @@ class LoadReport:
     missing_training_only: absent keys that inference never reads (e.g. ``criterion.empty_weight``).
     unexpected: file keys the model does not have (ignored).
     shape_mismatch: (key, file shape, model shape) of keys dropped because the shapes disagree.
+    skipped: number of distinct keys (file or model) left alone on purpose (``skip_prefixes``).
     loaded: number of tensors copied into the model.
     """
 
     source: str
     loaded: int = 0
+    skipped: int = 0
     missing: list[str] = field(default_factory=list)
     missing_training_only: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
@@ -56,7 +59,8 @@ class LoadReport:
             head = ', '.join(str(k) for k in keys[:max_keys])
             return head + (f', … (+{len(keys) - max_keys})' if len(keys) > max_keys else '')
 
-        lines = [f'{self.source}: loaded {self.loaded} tensors']
+        lines = [f'{self.source}: loaded {self.loaded} tensors'
+                 + (f', skipped {self.skipped} on purpose' if self.skipped else '')]
         if self.missing:
             lines.append(f'  missing inference keys ({len(self.missing)}): {show(self.missing)}')
         if self.shape_mismatch:
@@ -98,13 +102,21 @@ def unwrap_state_dict(data: object, source: str = '<checkpoint>') -> dict[str, T
     return dict(data)
 
 
-def load_state_into(model: nn.Module, state: Mapping[str, Tensor],
-                    source: str = '<state dict>') -> LoadReport:
-    """Non-strict load: drop shape mismatches (with a warning), copy the rest, report the differences."""
+def load_state_into(model: nn.Module, state: Mapping[str, Tensor], source: str = '<state dict>',
+                    skip_prefixes: tuple[str, ...] = ()) -> LoadReport:
+    """Non-strict load: drop shape mismatches (with a warning), copy the rest, report the differences.
+
+    skip_prefixes: keys to leave untouched on both sides, e.g. ``('backbone.',)`` when the shared CLIP was
+    already loaded from its own file.
+    """
     own = model.state_dict()
     report = LoadReport(source=source)
+    skipped = {k for k in (*state, *own) if skip_prefixes and k.startswith(skip_prefixes)}
+    report.skipped = len(skipped)
     usable: dict[str, Tensor] = {}
     for key, value in state.items():
+        if key in skipped:
+            continue
         if key not in own:
             report.unexpected.append(key)
         elif tuple(value.shape) != tuple(own[key].shape):
@@ -115,7 +127,7 @@ def load_state_into(model: nn.Module, state: Mapping[str, Tensor],
             usable[key] = value
     mismatched = {key for key, _, _ in report.shape_mismatch}
     for key in own:
-        if key not in usable and key not in mismatched:
+        if key not in usable and key not in mismatched and key not in skipped:
             training_only = key.startswith(TRAINING_ONLY_PREFIXES)
             (report.missing_training_only if training_only else report.missing).append(key)
     model.load_state_dict(usable, strict=False)
@@ -125,9 +137,25 @@ def load_state_into(model: nn.Module, state: Mapping[str, Tensor],
     return report
 
 
-def load_fcclip_checkpoint(model: nn.Module, path: str | os.PathLike) -> LoadReport:
+def load_fcclip_checkpoint(model: nn.Module, path: str | os.PathLike,
+                           skip_prefixes: tuple[str, ...] = ()) -> LoadReport:
     """Load a detectron2-layout FC-CLIP .pth into ``model`` (an FCCLIP); see :class:`LoadReport`."""
-    return load_state_into(model, read_checkpoint(path), str(path))
+    return load_state_into(model, read_checkpoint(path), str(path), skip_prefixes)
+
+
+def load_fcclip(backbone: nn.Module, path: str | os.PathLike, cfg: FCCLIPConfig | None = None,
+                load_backbone: bool = True) -> tuple[FCCLIP, LoadReport]:
+    """FC-CLIP around ``backbone`` with the weights of ``path``; ValueError if inference keys are missing.
+
+    The checkpoint also holds the frozen CLIP (``backbone.clip_model.*``). With load_backbone=True those
+    weights replace the shared backbone's (the model FC-CLIP was trained with); with False the backbone
+    keeps the weights it was given and only the head is loaded.
+    """
+    model = build_fcclip(backbone, cfg)
+    report = load_fcclip_checkpoint(model, path, () if load_backbone else ('backbone.',))
+    if not report.ok:
+        raise ValueError(f'FC-CLIP checkpoint does not fit the model:\n{report.summary()}')
+    return model, report
 
 
 def find_fcclip_checkpoint(model_dir: str | os.PathLike | None = None,

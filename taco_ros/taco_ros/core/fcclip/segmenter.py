@@ -41,6 +41,8 @@ from taco_ros.core.fcclip.transformer_decoder import (
 DEFAULT_QUERY_CHUNK = 32
 # FC-CLIP stores class probabilities as log(p + 1e-8) and softmaxes them again in semantic inference.
 PROB_EPS = 1e-8
+# State-dict entries of training-only modules (SetCriterion's class weights): never needed at inference.
+TRAINING_ONLY_PREFIXES = ('criterion.',)
 
 
 @dataclass
@@ -98,9 +100,6 @@ class CriterionState(nn.Module):
         weight = torch.ones(num_classes + 1)
         weight[-1] = no_object_weight
         self.register_buffer('empty_weight', weight)
-
-
-TRAINING_ONLY_PREFIXES = ('criterion.',)
 
 
 class FCCLIP(nn.Module):
