@@ -16,6 +16,15 @@ import json
 import sys
 
 BENCHMARKS = ('s4', 'ms3', 'ade_sp', 'avss', 'ade_sp_semantic')
+LAYOUTS = """dataset layouts under --root:
+  s4, ms3          metadataExtended.csv (video_id, frame, mask, file_path, source_type single|multi,
+                   split); frame/mask paths relative to ROOT; S4 reads every file of a video's frame,
+                   audio (one clip per frame) and mask folders; MS3 frames on disk as {stem}.mp4_{i}.ext
+  ade_sp,          test_metadata.csv (image_location, file_path, ade_class_id, ade_class), frames/,
+  ade_sp_semantic  annotations/<stem>_seg.png (ADE20K colours); audio under --audio-root (VGGSound)
+  avss             metadataExtendedTest.csv (rows with source_type v2: frame, mask, file_path, label),
+                   label2idx.json, labels_rgb/ colour masks
+absolute audio paths from another machine are looked up under ROOT by their trailing components"""
 MODES = ('paper', 'streaming', 'coarse', 'baseline')
 
 
@@ -23,9 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         'eval', help="reproduce the paper's benchmarks and compare modes",
         description="Run one of TACO's benchmarks (AVSBench S4/MS3, ADE-SP, AVSS, ADE-SP-semantic) with the "
-                    "paper's metrics, in the paper's solver setting or the robot's streaming one.")
+                    "paper's metrics, in the paper's solver setting or the robot's streaming one.",
+        epilog=LAYOUTS, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--benchmark', required=True, choices=BENCHMARKS)
-    parser.add_argument('--root', required=True, help='dataset root (layouts: method.md §7.2)')
+    parser.add_argument('--root', required=True, help='dataset root (layouts below)')
     parser.add_argument('--mode', default='paper', choices=MODES,
                         help='paper: cold start, 1800 GD steps, batch temporal term on S4; streaming: warm '
                              'start, online temporal term; coarse: no segmenter; baseline: A-FC-CLIP '
@@ -82,7 +92,7 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from taco_ros.core.eval.datasets import DatasetError, load_benchmark
+    from taco_ros.core.eval.datasets import DEFAULT_SEED, DatasetError, load_benchmark
     from taco_ros.core.eval.report import format_table, write_json, write_plots
     from taco_ros.core.eval.runner import PipelineEngine, RunOptions, evaluate
 
@@ -96,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     except (DatasetError, ValueError) as error:
         print(f'taco-ros eval: {error}', file=sys.stderr)
         return 2
-    seed = args.seed if args.seed is not None else (42 if args.benchmark == 'ms3' else 0)
+    seed = args.seed if args.seed is not None else DEFAULT_SEED.get(args.benchmark, 0)
     print(f'{benchmark.name}: {len(benchmark)} frames from {benchmark.root}', flush=True)
     try:
         engine = PipelineEngine(

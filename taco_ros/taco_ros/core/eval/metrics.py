@@ -313,6 +313,7 @@ class ADEDetectionMeter:
         self.steps = steps
         self._scores: dict[int, list[np.ndarray]] = defaultdict(list)
         self._targets: dict[int, list[np.ndarray]] = defaultdict(list)
+        self._per_class: list[ClassScore] | None = None   # cached until the next update
 
     @property
     def images(self) -> int:
@@ -322,8 +323,11 @@ class ADEDetectionMeter:
         score = _score_map(score)
         self._scores[int(class_id)].append(score)
         self._targets[int(class_id)].append(_binary_mask(target, score.shape))
+        self._per_class = None
 
     def per_class(self) -> list[ClassScore]:
+        if self._per_class is not None:
+            return self._per_class
         out = []
         for class_id in sorted(self._scores):
             scores = np.stack(self._scores[class_id])
@@ -331,6 +335,7 @@ class ADEDetectionMeter:
             _, curve = pooled_iou_curve(scores, targets, self.steps)
             out.append(ClassScore(class_id, len(scores), float(curve.max()),
                                   average_precision(scores, targets), curve))
+        self._per_class = out
         return out
 
     def result(self) -> dict[str, float | int | None]:

@@ -355,6 +355,9 @@ def evaluate(benchmark: Benchmark, engine: Engine, options: RunOptions,
             f'{k} {v:.2f}' for k, v in results[-1].items() if v is not None))
     if engine.random_weights:
         notes.append('random weights: the numbers exercise the code path and mean nothing about TACO')
+    if benchmark.name == 'avss' and options.mode != 'baseline':
+        notes.append('AVSS image tokens come from the shared FC-CLIP pass (24×24 on the padded input); the '
+                     'authors ran a separate CLIP pass without padding (23×23) for this benchmark')
     if options.mode in ('paper', 'coarse') and engine.description.get('paper_protocol') is False:
         notes.append('solver overrides or audio context in effect: not the paper protocol')
     settings = dict(engine.description)
@@ -482,7 +485,8 @@ class PipelineEngine:
             # The solver's last result holds U_I: its k* column is the paper's unrefined map.
             previous = getattr(self.pipeline, '_previous', None)
             coarse = None
-            if self.mode == 'streaming' and previous is not None:
+            # k_star is -1 when the silence gate skipped the solver (the stored result is then stale).
+            if self.mode == 'streaming' and previous is not None and result.k_star >= 0:
                 coarse = previous.activation_map().float().cpu().numpy()
             score = result.score_map
             if score is None:
