@@ -105,6 +105,43 @@ def test_bag_messages_deserialize_as_rclpy_messages(tmp_path: Path) -> None:
     assert (chunk.header.stamp.sec, chunk.header.stamp.nanosec) == divmod(START + 250_000_000, 10**9)
 
 
+def _rosidl_type_hash(msgtype: str) -> str | None:
+    """RIHS01 hash that rosidl generated for ``msgtype`` (its .json next to the .msg), if installed."""
+    import json
+    import os
+    import sys
+
+    package, _, name = msgtype.split('/')
+    prefixes = [*os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep), sys.prefix]
+    for prefix in filter(None, prefixes):
+        path = Path(prefix) / 'share' / package / 'msg' / f'{name}.json'
+        if path.is_file():
+            hashes = json.loads(path.read_text())['type_hashes']
+            return next(h['hash_string'] for h in hashes if h['type_name'] == msgtype)
+    return None
+
+
+@pytest.mark.parametrize('msgtype', [
+    bags.IMAGE_TYPE, bags.COMPRESSED_TYPE, bags.AUDIO_TYPE, 'taco_msgs/msg/SoundingObjectArray',
+    'taco_msgs/msg/AudioActivation', 'taco_msgs/msg/LabelInfo',
+    'diagnostic_msgs/msg/DiagnosticArray', 'rosgraph_msgs/msg/Clock'])
+def test_bag_type_hashes_are_the_ones_ros_generates(msgtype: str) -> None:
+    """ros2 bag (Jazzy and later) matches topics by type hash: ours must equal rosidl's."""
+    expected = _rosidl_type_hash(msgtype)
+    if expected is None:
+        pytest.skip(f'{msgtype} is not installed here')
+    assert bags.typestore().hash_rihs01(msgtype) == expected
+
+
+def test_written_bag_records_type_hashes(tmp_path: Path) -> None:
+    from rosbags.rosbag2 import Reader
+
+    bags.write_bag(tmp_path / 'b', [(0.0, np.zeros((4, 4, 3), np.uint8))], np.zeros(8, np.int16), 8000)
+    with Reader(tmp_path / 'b') as reader:
+        digests = {c.msgtype: c.digest for c in reader.connections}
+    assert digests == {t: bags.typestore().hash_rihs01(t) for t in (bags.IMAGE_TYPE, bags.AUDIO_TYPE)}
+
+
 @needs_audio_tools
 def test_synthetic_audio_has_its_sounds_where_the_events_say(small_audio: np.ndarray) -> None:
     config = bags.SceneConfig(width=64, height=48, fps=2, duration=10.0)
