@@ -62,7 +62,7 @@ TOPICS: list[TopicSpec] = [
               'audio_qos (sensor_data, depth audio_qos_depth)',
               'microphone chunks; type chosen by audio_msg_type (auto: the type on the topic)'),
     TopicSpec(TOPIC_AUDIO_INFO, 'audio_common_msgs/AudioInfo (ros-drivers)', 'sub',
-              'reliable, depth 1', 'stream format for ros-drivers AudioData(Stamped) only'),
+              'best effort, depth 1', 'stream format for ros-drivers AudioData(Stamped) only'),
     TopicSpec(TOPIC_MASK, 'sensor_msgs/Image (mono8)', 'pub', f'reliable, depth {OUTPUT_DEPTH}',
               'per-pixel object index: 0 background, v = objects[v-1]; same size and header as the '
               'paired camera frame'),
@@ -405,12 +405,17 @@ def _format_default(value: Any) -> str:
     return repr(value)
 
 
+def _cell(text: str) -> str:
+    """Markdown table cell text (a bare '|' would end the cell)."""
+    return str(text).replace('|', '\\|')
+
+
 def markdown_table() -> str:
     """README tables: topics/services, then parameters (generated from TOPICS and PARAMETERS)."""
     lines = ['| Topic / service | Direction | Type | QoS | Content |', '|---|---|---|---|---|']
     for topic in TOPICS:
-        lines.append(f'| `{topic.name}` | {topic.direction} | {topic.type} | {topic.qos} | '
-                     f'{topic.description} |')
+        lines.append(f'| `{topic.name}` | {topic.direction} | {_cell(topic.type)} | '
+                     f'{_cell(topic.qos)} | {_cell(topic.description)} |')
     lines += ['', '| Parameter | Type | Default | Range | Changes | Description |',
               '|---|---|---|---|---|---|']
     for spec in PARAMETERS:
@@ -418,7 +423,7 @@ def markdown_table() -> str:
         change = spec.applies
         lines.append(
             f'| `{spec.name}` | {spec.type_name} | `{_format_default(spec.default)}` | {rng} | '
-            f'{change} | {spec.full_description(change_note=False).replace("|", "/")} |')
+            f'{change} | {_cell(spec.full_description(change_note=False))} |')
     return '\n'.join(lines) + '\n'
 
 

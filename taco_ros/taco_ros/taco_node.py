@@ -220,6 +220,11 @@ class TacoNode(LifecycleNode):
                 return SetParametersResult(successful=False, reason=reason)
             proposed[name] = value
         reason = params.validate_together(proposed)
+        pipeline = self._pipeline
+        if reason is None and pipeline is not None:
+            changed = {c.name: proposed[c.name] for c in changes if c.name in PIPELINE_PARAMETERS}
+            if changed:
+                reason = pipeline.update_problem(**self._pipeline_options(changed))
         return SetParametersResult(successful=reason is None, reason=reason or '')
 
     def _timing_problem(self, spec: params.ParamSpec) -> str | None:
@@ -235,6 +240,7 @@ class TacoNode(LifecycleNode):
         """post_set: apply accepted values (live ones take effect from the next window)."""
         pipeline_changes: dict[str, Any] = {}
         vocabulary = None
+        threshold_changed = any(c.name == 'mask_threshold' for c in changes)
         for change in changes:
             if change.name not in params.PARAMETERS_BY_NAME:
                 continue
@@ -256,8 +262,9 @@ class TacoNode(LifecycleNode):
                 pipeline.update(**self._pipeline_options(pipeline_changes))
             if vocabulary is not None:
                 pipeline.set_vocabulary(vocabulary or None)
-                self._publish_label_info()
                 self.get_logger().info(f'vocabulary set: {len(pipeline.vocabulary)} words')
+            if vocabulary is not None or threshold_changed:
+                self._publish_label_info()
         except Exception as exc:  # the value passed validation; report what went wrong
             self.get_logger().error(f'could not apply parameters: {exc}')
             self._stats.last_error = f'parameters: {exc}'

@@ -279,7 +279,7 @@ class NodeHarness:
             time.sleep(step)
         return predicate()
 
-    def wait_connected(self, publishers: Iterable[Any], timeout: float = 10.0) -> bool:
+    def wait_connected(self, publishers: Iterable[Any], timeout: float = 30.0) -> bool:
         return self.wait_for(lambda: all(p.get_subscription_count() > 0 for p in publishers),
                              timeout)
 

@@ -52,7 +52,8 @@ from taco_ros.taco_node import TacoNode  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
-WINDOW_TIMEOUT = 60.0   # seconds to wait for windows on a loaded 2-core machine
+WINDOW_TIMEOUT = 90.0   # seconds to wait for windows on a loaded 2-core machine
+EVENT_TIMEOUT = 30.0    # seconds to wait for a counter, a diagnostics report or a service
 
 
 # ---------------------------------------------------------------------------------- fixtures
@@ -240,7 +241,7 @@ def test_stream_outputs(shared: NodeHarness, reliability: str) -> None:
         labels = shared.recorder.get('label_info')
         assert labels and [c.class_name for c in labels[-1].class_map] == WORDS
         assert shared.wait_for(lambda: shared.diagnostics_values('inputs').get(
-            'image rate (Hz)', '0') != '0.0', 5.0)
+            'image rate (Hz)', '0') != '0.0', EVENT_TIMEOUT)
     finally:
         shared.peer.destroy_publisher(image_pub)
         shared.peer.destroy_publisher(audio_pub)
@@ -350,7 +351,7 @@ def test_gaps_out_of_order_rate_change_and_loop(shared: NodeHarness) -> None:
         ]
         for name, happened in expectations:
             phase['name'] = name
-            assert shared.wait_for(happened, 10.0), f'{name} was not detected'
+            assert shared.wait_for(happened, EVENT_TIMEOUT), f'{name} was not detected'
             done = shared.recorder.count('objects')
             assert shared.wait_for(lambda d=done: shared.recorder.count('objects') > d,
                                    WINDOW_TIMEOUT), f'no window after {name}'
@@ -358,7 +359,7 @@ def test_gaps_out_of_order_rate_change_and_loop(shared: NodeHarness) -> None:
         resets = sum(node._stats.resets.values())
         stream.t0 -= 30.0      # the bag loops: every stamp jumps 30 s back
         # Camera or microphone may notice first; either restarts the buffers and warm state.
-        assert shared.wait_for(lambda: sum(node._stats.resets.values()) > resets, 10.0)
+        assert shared.wait_for(lambda: sum(node._stats.resets.values()) > resets, EVENT_TIMEOUT)
         done = shared.recorder.count('objects')
         assert shared.wait_for(lambda: shared.recorder.count('objects') > done, WINDOW_TIMEOUT)
     finally:
@@ -366,7 +367,7 @@ def test_gaps_out_of_order_rate_change_and_loop(shared: NodeHarness) -> None:
         shared.peer.destroy_publisher(image_pub)
         shared.peer.destroy_publisher(audio_pub)
     assert shared.wait_for(lambda: 'jump' in shared.diagnostics_values('inputs').get(
-        'buffer resets', ''), 5.0), shared.diagnostics_values('inputs')
+        'buffer resets', ''), EVENT_TIMEOUT), shared.diagnostics_values('inputs')
 
 
 def test_bad_input_corpus_is_reported_and_survived(shared: NodeHarness) -> None:
@@ -404,7 +405,7 @@ def test_bad_input_corpus_is_reported_and_survived(shared: NodeHarness) -> None:
         counts = node._stats.counts
         assert shared.wait_for(lambda: counts.get('bad_images', 0) >= 4
                                and counts.get('bad_audio', 0) >= 2
-                               and counts.get('empty_audio', 0) >= 1, 20.0), dict(counts)
+                               and counts.get('empty_audio', 0) >= 1, EVENT_TIMEOUT), dict(counts)
 
         def zero_stamped(i: int, t: float) -> Any:
             msg = image_msg(frame, t)
@@ -433,19 +434,20 @@ def test_vocabulary_service_changes_labels_on_the_next_window(shared: NodeHarnes
     audio_pub = shared.publisher(AudioChunk, '/audio')
     new_words = ['violin', 'trumpet', 'barking']
     try:
-        assert client.wait_for_service(timeout_sec=10.0)
+        assert client.wait_for_service(timeout_sec=EVENT_TIMEOUT)
         future = client.call_async(SetVocabulary.Request(words=['a', 'a']))
-        assert shared.wait_for(future.done, 10.0)
+        assert shared.wait_for(future.done, EVENT_TIMEOUT)
         assert not future.result().success and 'duplicate' in future.result().message
         future = client.call_async(SetVocabulary.Request(words=new_words))
-        assert shared.wait_for(future.done, 30.0)
+        assert shared.wait_for(future.done, EVENT_TIMEOUT)
         assert future.result().success, future.result().message
         assert shared.node.get_parameter('vocabulary').value == new_words
         assert shared.wait_for(lambda: any(
             [c.class_name for c in m.class_map] == new_words
-            for m in shared.recorder.get('label_info')), 10.0)
+            for m in shared.recorder.get('label_info')), EVENT_TIMEOUT)
         # A subscriber that joins later still gets the current vocabulary (transient local).
-        assert shared.wait_for(lambda: shared.recorder.count('late_label_info') > 0, 10.0)
+        assert shared.wait_for(lambda: shared.recorder.count('late_label_info') > 0,
+                               EVENT_TIMEOUT)
         assert [c.class_name for c in shared.recorder.get('late_label_info')[-1].class_map] == \
             new_words
         assert shared.wait_connected([image_pub, audio_pub])
@@ -478,7 +480,7 @@ def test_busy_node_drops_windows_and_latency_stays_bounded(shared: NodeHarness) 
         assert shared.wait_connected([image_pub, audio_pub])
         stream = StreamPublisher(shared, image_pub, audio_pub)
         stream.start(WINDOW_TIMEOUT)
-        assert shared.wait_for(lambda: shared.recorder.count('objects') >= 4, WINDOW_TIMEOUT)
+        assert shared.wait_for(lambda: shared.recorder.count('objects') >= 3, WINDOW_TIMEOUT)
         stream.stop()
     finally:
         shared.peer.destroy_publisher(image_pub)
@@ -492,7 +494,7 @@ def test_busy_node_drops_windows_and_latency_stays_bounded(shared: NodeHarness) 
     assert max(latencies) <= bound, (latencies, totals)
     inference = shared.diagnostics_values('inference')
     assert shared.wait_for(lambda: float(shared.diagnostics_values('inference').get(
-        'dropped windows (busy)', '0')) > 0, 5.0), inference
+        'dropped windows (busy)', '0')) > 0, EVENT_TIMEOUT), inference
 
 
 # ---------------------------------------------------------------------------- lifecycle
@@ -542,7 +544,7 @@ def test_lifecycle_services_as_a_manager_sees_them(context: Any, base: dict[str,
     try:
         change = peer.create_client(ChangeState, '/taco_node_managed/change_state')
         get = peer.create_client(GetState, '/taco_node_managed/get_state')
-        assert change.wait_for_service(10.0) and get.wait_for_service(10.0)
+        assert change.wait_for_service(EVENT_TIMEOUT) and get.wait_for_service(EVENT_TIMEOUT)
 
         def call(client: Any, request: Any) -> Any:
             future = client.call_async(request)
@@ -590,3 +592,17 @@ def test_main_exits_with_a_clear_error_without_model_files(tmp_path: Path) -> No
     assert result.returncode == 1, result.stdout + result.stderr
     output = result.stdout + result.stderr
     assert 'model files are missing' in output and 'taco-ros models fetch' in output
+
+
+README_BEGIN = '<!-- taco_node tables: generated by taco_ros.params.markdown_table() -->'
+README_END = '<!-- end of taco_node tables -->'
+
+
+def test_readme_tables_match_the_declarations() -> None:
+    readme = Path(__file__).resolve().parents[2] / 'README.md'
+    text = readme.read_text(encoding='utf-8') if readme.is_file() else ''
+    if README_BEGIN not in text:
+        pytest.skip('README.md has no generated taco_node tables section yet')
+    section = text.split(README_BEGIN, 1)[1].split(README_END, 1)[0]
+    assert section.strip() == params.markdown_table().strip(), \
+        'README tables are stale: paste taco_ros.params.markdown_table() between the markers'

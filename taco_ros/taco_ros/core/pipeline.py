@@ -239,6 +239,17 @@ class _TextEncoders:
         return image, audio
 
 
+@dataclass
+class _AudioTokens:
+    """raw: HTS-AT token map [1, N_A, C_A]; tokens: X_A = relu(raw); spans [N_A, 2] seconds from
+    the window start; segment: what went into the 7-s model input."""
+
+    raw: torch.Tensor
+    tokens: torch.Tensor
+    spans: np.ndarray
+    segment: Any
+
+
 def _random_vector(word: str, dim: int) -> torch.Tensor:
     import zlib
     generator = torch.Generator().manual_seed(zlib.crc32(word.encode('utf-8')))
@@ -449,19 +460,33 @@ class TacoPipeline:
         self._bank = self._make_bank(words)  # one assignment: process() sees old or new
         self.config.vocabulary = list(words)
 
-    def update(self, **changes: Any) -> None:
-        """Change live options (LIVE_FIELDS but vocabulary) from the next window; ValueError if bad."""
-        unknown = sorted(set(changes) - set(LIVE_FIELDS) - {'vocabulary'})
+    def update_problem(self, **changes: Any) -> str | None:
+        """Why :meth:`update` would refuse ``changes`` (None when it would accept them)."""
+        unknown = sorted(set(changes) - set(LIVE_FIELDS))
         if unknown:
-            raise ValueError(f'{unknown} cannot change while running (only {LIVE_FIELDS})')
+            return f'{unknown} cannot change while running (only {", ".join(LIVE_FIELDS)})'
+        if 'vocabulary' in changes and changes['vocabulary'] is not None:
+            problem = self.vocabulary_problem(changes['vocabulary'])
+            if problem:
+                return problem
+        candidate = replace(self.config, **{k: v for k, v in changes.items() if k != 'vocabulary'})
+        try:
+            candidate.validate()
+        except ValueError as exc:
+            return str(exc)
+        if candidate.mode != 'coarse' and self.segmenter is None:
+            return (f'mode {candidate.mode!r} needs the FC-CLIP checkpoint, which was not found '
+                    'when the pipeline was built')
+        return None
+
+    def update(self, **changes: Any) -> None:
+        """Change live options (LIVE_FIELDS) from the next window; ValueError if bad."""
+        problem = self.update_problem(**changes)
+        if problem:
+            raise ValueError(problem)
         if 'vocabulary' in changes:
             self.set_vocabulary(changes.pop('vocabulary'))
-        candidate = replace(self.config, **changes)
-        candidate.validate()
-        if candidate.mode != 'coarse' and self.segmenter is None:
-            raise ValueError(f'mode {candidate.mode!r} needs the FC-CLIP checkpoint, which was '
-                             'not found when the pipeline was built')
-        self.config = candidate
+        self.config = replace(self.config, **changes)
 
     def reset(self) -> None:
         """Forget the warm-start state: the next window starts the co-NMF cold."""
@@ -526,11 +551,18 @@ class TacoPipeline:
             return self.backbone.encode(image)
 
     @torch.no_grad()
-    def _encode_audio(self, window: AudioWindow, config: PipelineConfig) -> Any:
+    def _encode_audio(self, window: AudioWindow, config: PipelineConfig) -> _AudioTokens:
+        """X_A (clamped) and the raw token map (the CLAP clip embedding is their plain mean)."""
+        from taco_ros.core.audio_encoder import token_spans
+
         history = window.history if config.audio_context == 'history' else None
+        model_input, segment = self.audio.prepare(
+            window.samples, window.sample_rate, history=history, context=config.audio_context)
         with self._autocast():
-            return self.audio.encode(window.samples, window.sample_rate, history=history,
-                                     context=config.audio_context)
+            raw = self.audio(model_input[None].to(self.device)).float()
+        bands, steps = self.audio.grid
+        spans = token_spans(segment, steps=steps, bands=bands, duration_sec=self.audio.duration_sec)
+        return _AudioTokens(raw=raw, tokens=raw.clamp_min(0.0), spans=spans, segment=segment)
 
     def _taco(self, frame: np.ndarray, window: AudioWindow, config: PipelineConfig, bank: Any,
               started: float) -> TacoResult:
@@ -591,13 +623,13 @@ class TacoPipeline:
         audio = self._encode_audio(window, config)
         _, unit_audio = bank.unit_vectors()
         scale = float(bank.audio_logit_scale)
-        clip_embedding = F.normalize(self.audio.clip_embedding(audio.tokens).float(), dim=-1)
+        clip_embedding = F.normalize(self.audio.clip_embedding(audio.raw).float(), dim=-1)
         logits = scale * clip_embedding @ unit_audio.T                 # [1, J]
         probs = logits.softmax(-1)[0]
         top = probs.topk(min(config.top_k, probs.numel()))
         j = int(top.indices[0])
         # Per-token evidence for word j: its probability when each token alone is projected.
-        tokens = F.normalize(self.audio.projection(audio.tokens[0].float()), dim=-1)
+        tokens = F.normalize(self.audio.projection(audio.raw[0]), dim=-1)
         column = (scale * tokens @ unit_audio.T).softmax(-1)[:, j].cpu().numpy()
         self._sync()
         timings['audio_encoder'] = _ms(t)
