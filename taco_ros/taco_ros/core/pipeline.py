@@ -431,6 +431,12 @@ class TacoPipeline:
     def vocabulary(self) -> list[str]:
         return list(self._bank.words)
 
+    @property
+    def bank(self) -> Any:
+        """The co-NMF AnchorBank in use (on the pipeline device); replaced, never mutated, by
+        set_vocabulary."""
+        return self._bank
+
     def vocabulary_problem(self, words: Sequence[str]) -> str | None:
         """Why ``words`` cannot become the vocabulary (None when they can)."""
         words = list(words)
