@@ -418,6 +418,9 @@ def test_bad_input_corpus_is_reported_and_survived(shared: NodeHarness) -> None:
         assert counts.get('zero_stamp_images', 0) >= 1
         inputs = shared.diagnostics_values('inputs')
         assert int(inputs['bad images']) >= 4 and int(inputs['bad audio']) >= 2
+        warned = [status for array in shared.recorder.get('diagnostics') for status in array.status
+                  if status.name.endswith('inputs') and status.level == status.WARN]
+        assert any('bad input' in status.message for status in warned)
     finally:
         shared.peer.destroy_publisher(image_pub)
         shared.peer.destroy_publisher(audio_pub)
