@@ -444,7 +444,9 @@ def render_scene_frame(config: SceneConfig, t: float) -> np.ndarray:
 
 
 def scene_frames(config: SceneConfig) -> Iterator[tuple[float, np.ndarray]]:
-    count = int(np.floor(config.duration * config.fps + 1e-9))
+    """Frames at 0, 1/fps, ... up to and including the end of the soundtrack, so the window that
+    ends with the audio has a frame at its end to be paired with."""
+    count = int(np.floor(config.duration * config.fps + 1e-9)) + 1
     for i in range(count):
         t = i / config.fps
         yield t, render_scene_frame(config, t)

@@ -139,7 +139,7 @@ def test_bag_round_trip_through_taco_node(tmp_path: Path) -> None:
         for end in range(origin + WINDOW_NS, origin + audio_span + 1, WINDOW_NS):
             if np.abs(played - end).min() <= PAIR_TOLERANCE_NS:
                 expected.append(end)
-    assert len(expected) == 2 * 3           # windows ending at 1, 2, 3 s of each 4 s pass
+    assert len(expected) == 2 * 4           # windows ending at 1, 2, 3, 4 s of each 4 s pass
     # taco_node keeps times as float seconds: its stamps are within a microsecond of the grid.
     missing = [e for e in expected if np.abs(np.array(ends) - e).min() > 1_000]
     assert not missing, (f'windows without a result (s after start): '

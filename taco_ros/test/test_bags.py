@@ -48,7 +48,7 @@ def test_synthetic_bag_round_trip(tmp_path: Path, storage: str, compressed: bool
     expected_file = f'scene.{"db3" if storage == "sqlite3" else "mcap"}'   # named in metadata.yaml
     assert (path / expected_file).is_file()
     topics = bags.bag_topics(path)
-    n_frames = int(SMALL.duration * SMALL.fps)
+    n_frames = int(SMALL.duration * SMALL.fps) + 1      # frames at 0 .. duration inclusive
     n_blocks = -(-small_audio.size // BLOCK)
     assert topics == {image_topic: (bags.COMPRESSED_TYPE if compressed else bags.IMAGE_TYPE, n_frames),
                       bags.AUDIO_TOPIC: (bags.AUDIO_TYPE, n_blocks)}
@@ -276,20 +276,21 @@ def test_play_publishes_with_timing_restamp_and_clock_and_record_reads_back(tmp_
     assert report.loops == 2
     # Two passes of 2 s at rate 2 with a 0.2 s gap: about 2.2 s of wall time.
     assert 1.9 < report.wall_seconds < 4.0
-    assert report.published == {'/camera/image_raw': 20, '/audio': summary.audio_chunks * 2}
-    assert len(received['image']) == 20 and len(received['audio']) == n_audio
+    n = summary.frames
+    assert report.published == {'/camera/image_raw': 2 * n, '/audio': summary.audio_chunks * 2}
+    assert len(received['image']) == 2 * n and len(received['audio']) == n_audio
 
     # Restamped: each pass keeps the recorded spacing, starts near the wall clock, and the second
     # pass comes after the first (nothing goes back in time across the loop).
     stamps = np.array([bags.stamp_ns(m.header.stamp) for m in received['image']])
     assert stamps.tolist() == report.image_stamps_ns
     spacing = np.diff(stamps)
-    assert np.all(spacing[:9] == 200_000_000) and np.all(spacing[10:] == 200_000_000)
+    assert np.all(spacing[:n - 1] == 200_000_000) and np.all(spacing[n:] == 200_000_000)
     # Pass 2 is pass 1 moved by one period: the bag's span plus the gap (in bag time: 0.2 s x rate).
     period = (summary.end_ns + 1 - summary.start_ns) + 400_000_000
-    assert np.all(stamps[10:] - stamps[:10] == period)
+    assert np.all(stamps[n:] - stamps[:n] == period)
     assert abs(stamps[0] - START) > 10**15                      # not the bag's original time
-    first_pass = [np.asarray(m.data) for m in received['image'][:10]]
+    first_pass = [np.asarray(m.data) for m in received['image'][:n]]
     assert all(np.array_equal(a, b.msg.data)
                for a, b in zip(first_pass, original[bags.IMAGE_TOPIC], strict=True))
 
@@ -299,7 +300,7 @@ def test_play_publishes_with_timing_restamp_and_clock_and_record_reads_back(tmp_
 
     # The recorded copy holds the same payloads under the remapped name.
     copy = _read_all(tmp_path / 'copy')
-    assert bags.bag_topics(tmp_path / 'copy')['/cam'] == (bags.IMAGE_TYPE, 20)
+    assert bags.bag_topics(tmp_path / 'copy')['/cam'] == (bags.IMAGE_TYPE, 2 * n)
     recorded_audio = np.concatenate([bags.samples_from_message(m.msg)[:, 0]
                                      for m in copy[bags.AUDIO_TOPIC][:summary.audio_chunks]])
     played_audio = np.concatenate([bags.samples_from_message(m.msg)[:, 0]
@@ -348,7 +349,7 @@ def test_bag_cli_make_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str
             '--storage', 'mcap', '--compressed']
     assert main(argv) == 0
     assert main([*argv, '--overwrite']) == 0
-    assert bags.bag_topics(out)['/camera/image_raw/compressed'] == (bags.COMPRESSED_TYPE, 6)
+    assert bags.bag_topics(out)['/camera/image_raw/compressed'] == (bags.COMPRESSED_TYPE, 7)
     assert main(['bag', 'info', str(out)]) == 0
     text = capsys.readouterr().out
     assert 'sound: speech' in text and '/audio  taco_msgs/msg/AudioChunk' in text

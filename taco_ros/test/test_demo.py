@@ -122,7 +122,7 @@ def test_demo_runs_end_to_end_at_ci_size(tmp_path: Path) -> None:
 
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['random_weights'] is True
-    assert summary['windows'] >= 3 and summary['played_frames'] == 20      # 4 s at 5 fps
+    assert summary['windows'] >= 3 and summary['played_frames'] == 21      # 0 .. 4 s at 5 fps
     table = (out / 'windows.txt').read_text().splitlines()
     assert len(table) == 2 + summary['windows']
     assert table[2].split()[0] == '1.00'             # first window ends 1 s into the scene
@@ -142,4 +142,4 @@ def test_demo_runs_end_to_end_at_ci_size(tmp_path: Path) -> None:
     recorded = bags.bag_topics(out / 'results_bag')
     assert recorded['/taco_node/objects'][1] == summary['windows']
     assert recorded['/taco_node/label_info'][1] == 1
-    assert bags.bag_topics(out / 'sample_bag')['/camera/image_raw'][1] == 20
+    assert bags.bag_topics(out / 'sample_bag')['/camera/image_raw'][1] == 21

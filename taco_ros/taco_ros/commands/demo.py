@@ -322,6 +322,10 @@ def run_demo(settings: DemoSettings) -> DemoRun:
     scene = bags.read_scene(bag)
 
     # 2. taco_node
+    if _on_cpu(settings.device) and settings.input_size is None and settings.rate >= 0.5:
+        print('[demo] running on the CPU: a window of the full-size model takes seconds, and '
+              'taco_node skips the windows it cannot keep up with; add --rate 0.1 to see them all '
+              '(or use a GPU, or --small for the toy model)', flush=True)
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     command = taco_node_command(settings, image_topic, audio_topic, random_weights)
     node_log = out / 'taco_node.log'
@@ -364,6 +368,9 @@ def run_demo(settings: DemoSettings) -> DemoRun:
             if count >= expected and time.monotonic() - last_change > 3.0:
                 break
             time.sleep(0.2)
+        if process.poll() is not None:
+            print(f'[demo] WARNING: taco_node exited with code {process.returncode} during the run; '
+                  f'last lines of {node_log}:\n{_tail(node_log)}', flush=True)
     finally:
         spinner.stop()
         if recorder is not None:
@@ -380,6 +387,12 @@ def run_demo(settings: DemoSettings) -> DemoRun:
     frames = played_frames(bag, image_topic, report.image_stamps_ns, {w.stamp_ns for w in windows})
     shown = [w for w in windows if w.stamp_ns in frames]
     start_ns = report.image_stamps_ns[0] - _first_frame_offset(bag, image_topic)
+    if settings.rate != 1.0:
+        # Stamps advance at the recorded speed, the wall clock at 1/rate of it: measure latency
+        # from the wall time at which each window's audio was complete.
+        for window in windows:
+            complete_ns = start_ns + (window.audio_end_ns - start_ns) / settings.rate
+            window.received_ns = window.audio_end_ns + round(window.received_ns - complete_ns)
     events = scene['events'] if scene else None
     model_name = Path(settings.model_config).stem
     title = (f'taco_ros demo: {model_name} on {settings.device}, '
@@ -413,6 +426,15 @@ def run_demo(settings: DemoSettings) -> DemoRun:
     if random_weights:
         _banner('RANDOM WEIGHTS: masks are meaningless until you run `taco-ros models fetch`')
     return run
+
+
+def _on_cpu(device: str) -> bool:
+    if device == 'cpu':
+        return True
+    if device != 'auto':
+        return False
+    import torch
+    return not torch.cuda.is_available()
 
 
 def _first_frame_offset(bag: Path, image_topic: str) -> int:
