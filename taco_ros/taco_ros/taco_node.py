@@ -336,6 +336,8 @@ class TacoNode(LifecycleNode):
             f'{len(pipeline.vocabulary)} vocabulary words')
         if pipeline.random_weights:
             self.get_logger().warning(RANDOM_WEIGHTS_WARNING)
+        for note in pipeline.notes:
+            self.get_logger().warning(note)
         self._make_buffers()
         self._make_publishers()
         self._vocabulary_service = self.create_service(

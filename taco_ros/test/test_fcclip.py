@@ -15,10 +15,8 @@ import torch.nn.functional as F
 from taco_ros.core.clip_backbone import ClipBackbone
 from taco_ros.core.fcclip import (
     FCCLIP,
-    FCCLIP_CHECKPOINT_NAME,
     FCCLIPConfig,
     build_fcclip,
-    find_fcclip_checkpoint,
     load_fcclip,
     load_fcclip_checkpoint,
     read_checkpoint,
@@ -434,18 +432,6 @@ def test_read_checkpoint_errors(tmp_path: Path) -> None:
     torch.save({'model': {'a': torch.zeros(1), 'b': 3}}, tmp_path / 'mixed.pth')
     with pytest.raises(ValueError, match='not tensors'):
         read_checkpoint(tmp_path / 'mixed.pth')
-
-
-def test_find_checkpoint_searches_model_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv('TACO_MODEL_DIR', str(tmp_path / 'env'))
-    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
-    assert find_fcclip_checkpoint(tmp_path / 'explicit') is None  # absent → coarse mode
-    (tmp_path / 'env').mkdir()
-    (tmp_path / 'env' / FCCLIP_CHECKPOINT_NAME).write_bytes(b'')
-    assert find_fcclip_checkpoint(tmp_path / 'explicit') == tmp_path / 'env' / FCCLIP_CHECKPOINT_NAME
-    (tmp_path / 'explicit').mkdir()
-    (tmp_path / 'explicit' / FCCLIP_CHECKPOINT_NAME).write_bytes(b'')
-    assert find_fcclip_checkpoint(tmp_path / 'explicit') == tmp_path / 'explicit' / FCCLIP_CHECKPOINT_NAME
 
 
 # --------------------------------------------------------------------------------------------------

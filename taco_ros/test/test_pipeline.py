@@ -3,6 +3,7 @@ silence, vocabulary, options, determinism, model files and anchor banks."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -345,3 +346,30 @@ def test_debug_overlay() -> None:
     assert empty.shape == frame.shape
     with pytest.raises(ValueError, match='RGB'):
         draw_debug(frame[..., 0], _result_with_square(random_weights=False))
+
+
+def test_missing_fcclip_checkpoint_falls_back_to_the_coarse_map(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, small_config: Path) -> None:
+    """Issue 5: without the segmenter's file, CLIP + CLAP still give the coarse 24x24 map; only the
+    A-FC-CLIP baseline, which is FC-CLIP itself, refuses to start."""
+    from encoder_fixtures import write_tiny_model_files
+
+    isolate_model_search(monkeypatch, tmp_path)
+    model_dir = tmp_path / 'models_without_fcclip'
+    write_tiny_model_files(model_dir)
+    config = PipelineConfig(
+        model_config=str(small_config), model_dir=str(model_dir), device='cpu', mode='full',
+        vocabulary=list(WORDS), always_segment=True, solver_overrides=dict(STEPS))
+    pipe = TacoPipeline(config)
+    try:
+        assert pipe.segmenter is None
+        assert any('FC-CLIP checkpoint missing' in note for note in pipe.notes)
+        frame, window = make_frame(), noise_window()
+        result = pipe.process(frame, window)
+        assert result.mode == 'coarse'
+        assert result.score_map is not None and result.score_map.shape == frame.shape[:2]
+        assert 'needs the FC-CLIP checkpoint' in pipe.update_problem(mode='baseline')
+    finally:
+        pipe.close()
+    with pytest.raises(ModelFileNotFound):
+        TacoPipeline(replace(config, mode='baseline'))

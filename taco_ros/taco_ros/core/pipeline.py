@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import math
 import threading
 import time
@@ -41,6 +42,8 @@ import torch.nn.functional as F
 
 from taco_ros.core.audio_buffer import AudioWindow
 from taco_ros.core.masks import DEFAULT_MASK_THRESHOLD
+
+_LOG = logging.getLogger(__name__)
 
 MODES = ('full', 'coarse', 'baseline')
 PRECISIONS = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
@@ -276,6 +279,8 @@ class TacoPipeline:
         self._previous: Any = None
         self._model_cfg = load_model_config(config.model_config)
         self._suspended = False
+        # Things a user should know about how this pipeline runs (e.g. a fallback); the node logs them.
+        self.notes: list[str] = []
         torch.manual_seed(config.seed)
         self._load_models()
         self.random_weights = any(
@@ -326,13 +331,18 @@ class TacoPipeline:
             raise ValueError(f'model config {cfg.get("name")!r} names no FC-CLIP file')
         try:
             path = find_model_file(file_id, config.model_dir)
-        except ModelFileNotFound:
+        except ModelFileNotFound as missing:
             if config.allow_random_weights:
                 path = None
-            elif config.mode == 'coarse':
-                return None  # coarse mode never segments; full/baseline need the file
+            elif config.mode == 'baseline':
+                raise  # A-FC-CLIP is FC-CLIP itself: nothing to fall back to
             else:
-                raise
+                # CLIP + CLAP still give the co-NMF's coarse 24x24 map: degrade rather than refuse.
+                if config.mode == 'full':
+                    self.notes.append(f'FC-CLIP checkpoint missing, masks are the coarse co-NMF map '
+                                      f'(mode full runs as coarse). {missing}')
+                    _LOG.warning(self.notes[-1])
+                return None
         segmenter = build_fcclip(self.backbone, FCCLIPConfig.from_dict(dict(cfg['fcclip'])))
         if path is None:
             segmenter.model_id = 'fcclip' + RANDOM_SUFFIX
@@ -480,8 +490,8 @@ class TacoPipeline:
             candidate.validate()
         except ValueError as exc:
             return str(exc)
-        if candidate.mode != 'coarse' and self.segmenter is None:
-            return (f'mode {candidate.mode!r} needs the FC-CLIP checkpoint, which was not found '
+        if candidate.mode == 'baseline' and self.segmenter is None:
+            return ("mode 'baseline' needs the FC-CLIP checkpoint, which was not found "
                     'when the pipeline was built')
         return None
 
@@ -592,8 +602,9 @@ class TacoPipeline:
         k = int(result.k_star)
         t = time.perf_counter()
         score_map = None
+        mode = config.mode if self.segmenter is not None else 'coarse'
         if result.sounding or config.always_segment:
-            if config.mode == 'coarse':
+            if mode == 'coarse':
                 score_map = self._coarse_map(result.image_activations[:, k], image, frame.shape)
             else:
                 score_map = self._semantic_map(image, result.image_factors, k, frame.shape)
@@ -610,7 +621,7 @@ class TacoPipeline:
         return TacoResult(
             mask=mask, objects=objects, sounding=bool(result.sounding),
             confidence=float(result.confidence), k_star=k, steps=int(result.steps),
-            cold_start=bool(result.cold_start), mode=config.mode, activation=activation,
+            cold_start=bool(result.cold_start), mode=mode, activation=activation,
             token_offsets=offsets, token_duration=token_duration,
             window_duration=window.duration, timings=timings, score_map=score_map,
             random_weights=self.random_weights, labels=list(result.labels),

@@ -3,13 +3,12 @@
 No detectron2 and no compiled ops: deformable attention uses ``grid_sample`` (CPU and CUDA).
 Entry points: :class:`FCCLIPConfig`; :class:`FCCLIP` (``prepare`` → :class:`PreparedFrame` →
 ``semantic_map``) built by :func:`build_fcclip` or, with weights, :func:`load_fcclip`;
-:func:`find_fcclip_checkpoint` (None → the pipeline's coarse mode); :func:`load_fcclip_checkpoint`.
+:func:`load_fcclip_checkpoint`. The file itself is found through :mod:`taco_ros.core.model_files`
+(id ``fcclip-convnext-large-coco``); without it the pipeline falls back to the coarse map.
 """
 
 from taco_ros.core.fcclip.checkpoint import (
-    FCCLIP_CHECKPOINT_NAME,
     LoadReport,
-    find_fcclip_checkpoint,
     load_fcclip,
     load_fcclip_checkpoint,
     load_state_into,
@@ -20,12 +19,10 @@ from taco_ros.core.fcclip.segmenter import FCCLIP, PreparedFrame, build_fcclip
 
 __all__ = [
     'FCCLIP',
-    'FCCLIP_CHECKPOINT_NAME',
     'FCCLIPConfig',
     'LoadReport',
     'PreparedFrame',
     'build_fcclip',
-    'find_fcclip_checkpoint',
     'load_fcclip',
     'load_fcclip_checkpoint',
     'load_state_into',

@@ -20,12 +20,10 @@ from torch import Tensor, nn
 
 from taco_ros.core.fcclip.config import FCCLIPConfig
 from taco_ros.core.fcclip.segmenter import FCCLIP, TRAINING_ONLY_PREFIXES, build_fcclip
-from taco_ros.core.model_files import model_search_dirs
 
 LOG = logging.getLogger(__name__)
 
 # The released FC-CLIP ConvNeXt-L COCO-panoptic checkpoint (fc-clip README; TACO's paths.yaml).
-FCCLIP_CHECKPOINT_NAME = 'fcclip_cocopan.pth'
 PARALLEL_PREFIX = 'module.'
 
 
@@ -158,14 +156,3 @@ def load_fcclip(backbone: nn.Module, path: str | os.PathLike, cfg: FCCLIPConfig 
     return model, report
 
 
-def find_fcclip_checkpoint(model_dir: str | os.PathLike | None = None,
-                           name: str = FCCLIP_CHECKPOINT_NAME) -> Path | None:
-    """First ``name`` in the model search path (explicit dir, $TACO_MODEL_DIR, cache), or None.
-
-    None means the segmenter is unavailable and the pipeline falls back to the coarse 24×24 map.
-    """
-    for directory in model_search_dirs(model_dir):
-        candidate = directory / name
-        if candidate.is_file():
-            return candidate
-    return None
