@@ -17,15 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--version', action='version', version=f'taco_ros {__version__}')
     subparsers = parser.add_subparsers(dest='command', metavar='COMMAND')
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f'taco_ros.commands.{name}')
-        except ModuleNotFoundError as exc:
-            # A command whose module is not part of this build is simply not offered; a missing
-            # third-party dependency inside an existing module is a real error.
-            if exc.name != f'taco_ros.commands.{name}':
-                raise
-            continue
-        module.register(subparsers)
+        importlib.import_module(f'taco_ros.commands.{name}').register(subparsers)
     return parser
 
 

@@ -6,4 +6,4 @@ taking the parsed arguments and returning an exit code.
 
 # Modules are imported lazily by taco_ros.cli so that `taco-ros info` does not pay for torch imports
 # of unrelated commands.
-COMMANDS = ('info', 'models', 'anchors', 'bag', 'bench', 'eval', 'demo')
+COMMANDS = ('info', 'models', 'anchors', 'bag', 'eval', 'demo')
