@@ -113,6 +113,7 @@ class FileBackedMic:
         self._pending: list[list[Any]] = []   # [samples, next position]
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self.stalled = threading.Event()      # set: the device delivers nothing (a hung USB mic)
         self.play_started_ns: list[int] = []   # capture time (wall ns) of the first sample of each play()
         self._thread = threading.Thread(target=self._write_loop, daemon=True)
 
@@ -182,6 +183,9 @@ class FileBackedMic:
             delay = start + k * period - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+            if self.stalled.is_set():
+                k += 1
+                continue
             data, playing = self._next_block()
             k += 1
             try:

@@ -264,3 +264,33 @@ def test_mic_node_survives_a_missing_device_and_picks_it_up_later(tmp_path: Path
     assert _find(listener.samples(), tone) >= 0
     values = {kv.key: kv.value for kv in listener.diagnostics[-1].values}
     assert int(values['stream_restarts']) == 1 and values['last_error'] == ''
+
+
+@pytest.mark.ros
+def test_mic_node_reopens_a_device_that_stops_delivering(tmp_path: Path) -> None:
+    mic = FileBackedMic(tmp_path, RATE, BLOCK)
+    mic.install()
+    mic.start()
+    process = _start_mic_node(mic, 'qos:=reliable', 'device_timeout_s:=1.0', 'retry_initial_s:=0.2',
+                              'diagnostics_period_s:=0.5')
+    try:
+        with ros_session('mic_test_stall') as (_, node, executor):
+            listener = _Listener(node)
+            assert spin_until(executor, lambda: len(listener.chunks) >= 5, 30)
+            mic.stalled.set()                       # the driver stops delivering blocks
+            spin_until(executor, lambda: False, 2.0)
+            mic.stalled.clear()
+            count = len(listener.chunks)
+            assert spin_until(executor, lambda: len(listener.chunks) >= count + 10, 20), \
+                'no audio after the device came back'
+            assert spin_until(executor, lambda: _level(listener.diagnostics[-1]) == 0, 5)
+            assert process.poll() is None
+    finally:
+        stop_process(process)
+        mic.close()
+    log = process.stdout.read()
+    assert 'lost (no audio for' in log and 'audio input recovered' in log, log
+    values = {kv.key: kv.value for kv in listener.diagnostics[-1].values}
+    assert int(values['stream_restarts']) >= 1
+    stamps = listener.stamps_ns()
+    assert np.all(np.diff(stamps) > 0)           # a new stream never stamps into the past
