@@ -24,7 +24,7 @@ test: lint
 	$(ROS_ENV) && .venv/bin/python -m pytest -ra --timeout=1200 $(PYTEST_ARGS)
 
 demo: setup
-	$(ROS_ENV) && taco-ros demo $(DEMO_ARGS)
+	$(ROS_ENV) && taco-ros demo --output-dir demo_output $(DEMO_ARGS)
 
 bench: setup
 	$(ROS_ENV) && for b in bench/bench_*.py; do echo "== $$b"; .venv/bin/python $$b || exit 1; done
