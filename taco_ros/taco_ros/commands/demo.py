@@ -29,6 +29,7 @@ SMALL = {   # CI sizes: a few seconds of a small scene through the toy model con
     'vocabulary': ['speech', 'sine wave', 'beep, bleep', 'music', 'dog', 'silence'],
 }
 SMALL_INPUT_SIZE = 256   # taco_tiny's frames resized to 256 px instead of 764: CPU keeps up
+CPU_RATE = 0.05
 DEFAULTS = {'duration': 12.0, 'size': '640x480', 'fps': 15.0, 'model_config': 'taco_convnext_large',
             'device': 'auto', 'vocabulary': None}
 
@@ -50,7 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--device', default=None, help='auto, cpu, cuda or cuda:N')
     parser.add_argument('--vocabulary', nargs='+', default=None,
                         help='words to label with (default: the 527 AudioSet classes)')
-    parser.add_argument('--rate', type=float, default=1.0, help='playback speed factor')
+    parser.add_argument('--rate', type=float, default=None,
+                        help=f'playback speed factor (default: 1, or {CPU_RATE:g} when the full-size model '
+                             'runs on the CPU, so that taco_node keeps up with every window)')
     parser.add_argument('--small', action='store_true',
                         help='CI sizes: 4 s at 160x120, 5 fps, the toy model taco_tiny at 256-px '
                         'input on the CPU, 6 words')
@@ -106,15 +109,20 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         width, height = (int(v) for v in str(size).lower().split('x'))
     except ValueError:
         raise ValueError(f'--size must look like 640x480, got {size!r}') from None
-    if args.rate <= 0:
+    if args.rate is not None and args.rate <= 0:
         raise ValueError(f'--rate must be positive, got {args.rate}')
     model_config = pick('model_config')
+    input_size = SMALL_INPUT_SIZE if args.small and args.model_config is None else None
+    device = pick('device')
+    rate = args.rate
+    if rate is None:
+        # A full-size window takes ~10-20 s on a 2-core CPU: play slowly rather than skip windows.
+        rate = CPU_RATE if _on_cpu(device) and model_config != 'taco_tiny' else 1.0
     return DemoSettings(
         output_dir=Path(args.output_dir), bag=Path(args.bag) if args.bag else None,
         duration=float(pick('duration')), width=width, height=height, fps=float(pick('fps')),
         compressed=args.compressed, model_config=model_config, model_dir=args.model_dir,
-        input_size=SMALL_INPUT_SIZE if args.small and args.model_config is None else None,
-        device=pick('device'), vocabulary=pick('vocabulary'), rate=args.rate,
+        input_size=input_size, device=device, vocabulary=pick('vocabulary'), rate=rate,
         startup_timeout=args.startup_timeout, drain_timeout=args.drain_timeout)
 
 
@@ -322,10 +330,10 @@ def run_demo(settings: DemoSettings) -> DemoRun:
     scene = bags.read_scene(bag)
 
     # 2. taco_node
-    if _on_cpu(settings.device) and settings.input_size is None and settings.rate >= 0.5:
-        print('[demo] running on the CPU: a window of the full-size model takes seconds, and '
-              'taco_node skips the windows it cannot keep up with; add --rate 0.1 to see them all '
-              '(or use a GPU, or --small for the toy model)', flush=True)
+    if _on_cpu(settings.device) and settings.input_size is None:
+        print(f'[demo] running on the CPU: a window of the full-size model takes seconds, so the bag '
+              f'plays at rate {settings.rate:g} (taco_node skips windows it cannot keep up with; '
+              'use a GPU, or --small for the toy model, to go faster)', flush=True)
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     command = taco_node_command(settings, image_topic, audio_topic, random_weights)
     node_log = out / 'taco_node.log'
