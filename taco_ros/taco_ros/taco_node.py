@@ -63,6 +63,9 @@ PIPELINE_PARAMETERS = ('mode', 'mask_threshold', 'min_component_area', 'top_k', 
 # Receipt-stamped audio (no header) is never out of order: a generous contiguity tolerance keeps
 # executor and network jitter from being mistaken for gaps.
 RECEIPT_STAMP_TOLERANCE = 0.25
+# Wall-clock seconds without a new audio chunk after which the stream counts as stopped (end of a
+# bag): the last window is then paired with the frames already received instead of waiting forever.
+AUDIO_STALL_SEC = 2.0
 RANDOM_WEIGHTS_WARNING = ('RANDOM WEIGHTS: allow_random_weights is set and model files are missing; '
                           'masks and labels are meaningless')
 
@@ -176,6 +179,7 @@ class TacoNode(LifecycleNode):
         self._frames: FrameBuffer[Any] = FrameBuffer(max_frames=MAX_FRAMES)
         self._scheduler = WindowScheduler()
         self._reset_reason: str | None = None
+        self._last_audio_wall = time.monotonic()
         self._raw_audio_info = conv.RawAudioInfo()
         self._audio_kind: str | None = None
         self._outputs: dict[str, Any] = {}
@@ -592,8 +596,9 @@ class TacoNode(LifecycleNode):
             self._stats.add('unstamped_audio')
             stamp = now - chunk.duration
             tolerance = max(RECEIPT_STAMP_TOLERANCE, self._p['stamp_tolerance'])
-        self._stats.audio_rate.tick(time.monotonic())
-        self._stats.audio_seconds.tick(time.monotonic(), chunk.duration)
+        self._last_audio_wall = time.monotonic()
+        self._stats.audio_rate.tick(self._last_audio_wall)
+        self._stats.audio_seconds.tick(self._last_audio_wall, chunk.duration)
         with self._input_lock:
             try:
                 report = self._audio.push(mono, stamp, chunk.sample_rate, tolerance=tolerance)
@@ -647,7 +652,10 @@ class TacoNode(LifecycleNode):
             end, skipped = due
             window_sec = self._scheduler.window_sec
             target = end if p['pair_with'] == 'end' else end - window_sec / 2
-            final = self._audio.end_time - target >= p['frame_wait']
+            # Pair with what is there once the audio has run past the wait, or once the audio has
+            # stopped (end of a bag or stream): no later frame will come.
+            stalled = time.monotonic() - self._last_audio_wall > AUDIO_STALL_SEC
+            final = stalled or self._audio.end_time - target >= p['frame_wait']
             pairing = self._frames.pair(target, p['pair_tolerance'], final)
             if pairing.status == 'wait':
                 return None

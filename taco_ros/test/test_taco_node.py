@@ -370,6 +370,28 @@ def test_gaps_out_of_order_rate_change_and_loop(shared: NodeHarness) -> None:
         'buffer resets', ''), EVENT_TIMEOUT), shared.diagnostics_values('inputs')
 
 
+def test_last_window_of_a_stream_is_not_left_waiting(shared: NodeHarness) -> None:
+    """A stream that stops right after a window's end (end of a bag): no later frame will come, so
+    once the audio has stalled the window is paired with the frames already there."""
+    restart(shared)
+    image_pub = shared.publisher(Image, '/image', qos='reliable')
+    audio_pub = shared.publisher(AudioChunk, '/audio', qos='reliable')
+    try:
+        assert shared.wait_connected([image_pub, audio_pub])
+        start = time.time()
+        frame = make_frame()
+        for i in range(10):                    # frames up to 0.05 s before the window's end
+            image_pub.publish(image_msg(frame, start + 0.05 + 0.1 * i))
+        for c in range(32):                    # 1.024 s of audio (one window), then nothing
+            audio_pub.publish(audio_chunk_msg(tone(CHUNK, c * CHUNK), start + c * CHUNK / RATE))
+        assert shared.wait_for(lambda: shared.recorder.count('objects') >= 1, WINDOW_TIMEOUT)
+        (objects,) = shared.recorder.get('objects')
+        assert stamp_to_sec(objects.header.stamp) == pytest.approx(start + 0.95, abs=1e-6)
+    finally:
+        shared.peer.destroy_publisher(image_pub)
+        shared.peer.destroy_publisher(audio_pub)
+
+
 def test_bad_input_corpus_is_reported_and_survived(shared: NodeHarness) -> None:
     restart(shared)
     image_pub = shared.publisher(Image, '/image', 'reliable', depth=10)
