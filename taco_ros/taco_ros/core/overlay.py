@@ -102,8 +102,10 @@ def draw_debug(frame: np.ndarray, result: Any, alpha: float = 0.5) -> np.ndarray
         # Above the box when there is room, so the label does not hide the object.
         top = int(y) - th - base - 4 if y >= th + base + 4 else int(y)
         put_label(image, text, (int(x), top), colour, scale, thickness)
+    random_weights = bool(getattr(result, 'random_weights', False))
+    banner = max(18, height // 12) if random_weights else 0
     if not result.objects:
-        put_label(image, f'nothing sounding ({result.mode})', (4, 4), (220, 220, 220), scale,
+        put_label(image, f'nothing sounding ({result.mode})', (4, banner + 4), (220, 220, 220), scale,
                   thickness)
     strip_height = max(16, height // 10)
     colour = colour_of(result.objects[0].mask_value) if result.objects else (150, 150, 150)
@@ -114,8 +116,7 @@ def draw_debug(frame: np.ndarray, result: Any, alpha: float = 0.5) -> np.ndarray
     put_label(image, f'audio activation  conf {result.confidence:.2f}',
               (4, height - strip_height - int(30 * scale) - 6), (230, 230, 230), scale * 0.8,
               max(1, thickness - 1))
-    if getattr(result, 'random_weights', False):
-        banner = max(18, height // 12)
+    if random_weights:
         image[:banner] = (image[:banner].astype(np.float32) * 0.3
                           + np.array((200, 0, 0), np.float32) * 0.7).astype(np.uint8)
         text = 'RANDOM WEIGHTS - output is meaningless'
