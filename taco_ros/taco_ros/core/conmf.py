@@ -275,9 +275,9 @@ class CoNMFConfig:
         sounding_threshold: a result is ``sounding`` when its confidence (``sounding_confidence``, nats) is
             at least this. Chosen on data: the geometric midpoint of the gap between planted positives and
             negatives (an off-screen sound, or only ambient sound) at paper shapes, seeds 100-119, for each
-            profile (``bench/bench_conmf.py --calibrate``). Paper profile: positives 0.050-0.164, negatives
-            ≤ 0.022 → 0.033. Streaming profile (better converged, deeper minima): positives 0.160-0.229,
-            negatives ≤ 0.038 → 0.08. Real CLIP/CLAP features should be re-calibrated
+            profile (``bench/bench_conmf.py --calibrate``). Paper profile: positives 0.052-0.165, negatives
+            ≤ 0.019 → 0.031. Streaming profile (better converged, deeper minima): positives 0.159-0.226,
+            negatives ≤ 0.038 → 0.078. Real CLIP/CLAP features should be re-calibrated
             (``calibrate_sounding_threshold``).
         top_k: number of words in the label readout.
     """
@@ -310,7 +310,7 @@ class CoNMFConfig:
     warm_start: bool = False
     warm_logits: str = 'previous'
     cold_restart_ratio: float = 1.2
-    sounding_threshold: float = 0.033
+    sounding_threshold: float = 0.031
     top_k: int = 5
 
     @classmethod
@@ -323,7 +323,7 @@ class CoNMFConfig:
         """Robot defaults: warm start with refitted logits, Adam with early stopping, causal temporal term."""
         base = cls(optimizer='adam', lr=0.1, lr_decay=1.0, lr_decay_every=1_000_000, max_steps=400,
                    tol=5e-4, cold_tol=1e-4, patience=3, min_steps=5, warm_start=True, warm_logits='refit',
-                   sounding_threshold=0.08)
+                   sounding_threshold=0.078)
         return replace(base, **overrides)
 
     def validate(self) -> None:
@@ -681,11 +681,15 @@ def _run(data: _Data, unknowns: list[Tensor], config: CoNMFConfig, chain: bool,
     for step in range(config.max_steps):
         lr = config.lr * config.lr_decay ** (step // config.lr_decay_every)
         terms, grads = _value_and_grad(data, unknowns, config, chain, anchors)
-        if not bool(torch.isfinite(terms.total).all()):
-            raise RuntimeError(f'co-NMF objective became non-finite at step {step} (lr={lr}); lower the lr')
+        flags = [torch.isfinite(terms.total).all()]
         if previous is not None and config.tol > 0:
             change = (terms.total - previous).abs() / terms.total.abs().clamp_min(1e-12)
-            calm = calm + 1 if bool((change < config.tol).all()) else 0
+            flags.append((change < config.tol).all())
+        flags = torch.stack(flags).tolist()  # one host sync per step
+        if not flags[0]:
+            raise RuntimeError(f'co-NMF objective became non-finite at step {step} (lr={lr}); lower the lr')
+        if len(flags) > 1:
+            calm = calm + 1 if flags[1] else 0
         previous = terms.total
         optimizer.step(grads, lr)
         if config.tol > 0 and calm >= config.patience and step + 1 >= config.min_steps:
