@@ -238,6 +238,7 @@ def test_scene_and_sound_changes_force_a_cold_restart() -> None:
             assert result.cold_start == (index in (0, 2)), (changes, index, result.cold_reason)
             if index == 2:
                 assert result.cold_reason.startswith('scene change') and result.warm_error_ratio > 1.2
+                assert result.objective_terms['temporal'] == 0.0  # no pull towards the old scene
             assert result.labels[0] == window.sounding_word
             previous = result
 
@@ -252,6 +253,21 @@ def test_causal_temporal_term_uses_the_previous_sounding_factors() -> None:
     # −beta_t (cos_I + cos_A) with both cosines close to 1 for a scene that barely moved.
     assert -2.0 <= with_term.objective_terms['temporal'] < -1.5
     assert first.objective_terms['temporal'] == 0.0  # no previous window, no term
+
+    def continuity(result: CoNMFResult) -> float:
+        return float(nn.functional.cosine_similarity(result.image_factors[result.k_star],
+                                                     first.image_factors[first.k_star], dim=0))
+
+    strong = solve(windows[1].x_image, windows[1].x_audio, windows[1].bank,
+                   CoNMFConfig.streaming(beta_t=50.0, tol=0.0, max_steps=30), first)
+    free = solve(windows[1].x_image, windows[1].x_audio, windows[1].bank,
+                 CoNMFConfig.streaming(beta_t=0.0, tol=0.0, max_steps=30), first)
+    assert continuity(strong) > continuity(free)
+    # Without warm starting (paper profile) the previous factors still anchor the term.
+    anchored = solve(windows[1].x_image, windows[1].x_audio, windows[1].bank, CoNMFConfig.paper(max_steps=3),
+                     first)
+    assert anchored.cold_start and anchored.cold_reason == 'warm start disabled'
+    assert anchored.objective_terms['temporal'] < 0
 
 
 def test_batch_temporal_term_links_consecutive_frames() -> None:
@@ -310,6 +326,16 @@ def test_cuda_solve_matches_cpu() -> None:
     assert on_gpu.k_star == on_cpu.k_star and on_gpu.labels[0] == on_cpu.labels[0]
     warm = solve(problem.x_image.cuda(), problem.x_audio.cuda(), problem.bank, config, warm_start=on_gpu)
     assert not warm.cold_start
+
+
+def test_sounding_threshold_calibration() -> None:
+    assert conmf.calibrate_sounding_threshold([0.2, 0.1, 0.01, 0.04], [True, True, False, False]) == \
+        pytest.approx((0.1 * 0.04) ** 0.5)
+    overlapping = conmf.calibrate_sounding_threshold([0.2, 0.05, 0.06, 0.01], [True, True, False, False])
+    # Balanced accuracy 0.75 at 0.05 (both positives, one negative) and at 0.2; ties go to the lower one.
+    assert overlapping == pytest.approx(0.05)
+    with pytest.raises(ValueError, match='both sounding and'):
+        conmf.calibrate_sounding_threshold([0.1, 0.2], [True, True])
 
 
 def test_kmeans_is_seeded_and_finds_separated_clusters() -> None:

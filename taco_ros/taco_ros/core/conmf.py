@@ -70,6 +70,7 @@ OPTIMIZERS = ('gd', 'nesterov', 'adam')
 INIT_MODES = ('kmeans', 'kmeans++')
 WARM_LOGITS = ('previous', 'refit')
 _EPS = 1e-8  # norm floor of the temporal cosines (as torch.nn.functional.cosine_similarity)
+_SCENE_CHANGE = 'scene change'
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -725,7 +726,8 @@ def calibrate_sounding_threshold(confidences: Sequence[float], sounding: Sequenc
     """A ``sounding_threshold`` from labelled confidences (windows with and without a visible source).
 
     When the groups are separated: the geometric midpoint of the gap (the confidences are positive depths that
-    scale with the features). Otherwise: the candidate threshold with the best balanced accuracy.
+    scale with the features). Otherwise: the observed confidence that, as a threshold, gives the best balanced
+    accuracy (the lowest one on ties).
     """
     values = torch.tensor([float(c) for c in confidences], dtype=torch.float64)
     labels = torch.tensor([bool(s) for s in sounding], dtype=torch.bool)
@@ -875,7 +877,7 @@ def _initial_unknowns(data: _Data, config: CoNMFConfig, previous: list[CoNMFResu
         warm[1] = _refit_logits(data.x_audio, warm[3])
     ratio = float(_warm_error_ratio(data, warm, previous).max())
     if ratio > config.cold_restart_ratio:
-        reason = f'scene change: warm-start error ratio {ratio:.2f} > {config.cold_restart_ratio:.2f}'
+        reason = f'{_SCENE_CHANGE}: warm-start error ratio {ratio:.2f} > {config.cold_restart_ratio:.2f}'
         return _cold_unknowns(data, config), True, reason, ratio
     return warm, False, 'warm', ratio
 
@@ -894,7 +896,7 @@ def solve(
 
     ``config`` defaults to ``CoNMFConfig.streaming()``. ``warm_start`` is the previous window's result: with
     ``config.warm_start`` it initialises the unknowns unless the scene-change rule asks for a cold start, and
-    with ``config.beta_t > 0`` its sounding factors anchor the causal temporal term (dropped after a cold
+    with ``config.beta_t > 0`` its sounding factors anchor the causal temporal term (not after a scene-change
     restart, when they describe another scene). Runs on the inputs' device; the bank is copied there.
     """
     config = config or CoNMFConfig.streaming()
@@ -929,13 +931,7 @@ def _solve(x_image: Tensor, x_audio: Tensor, bank: AnchorBank, config: CoNMFConf
     started = time.perf_counter()
     data, bank = _prepare(x_image, x_audio, bank, config)
     unknowns, cold, reason, ratio = _initial_unknowns(data, config, previous)
-    anchors = None
-    if previous is not None and config.beta_t > 0 and not cold:
-        device = data.x_image.device
-        anchors = _Temporal(
-            image=torch.stack([r.image_factors[r.k_star].detach().float() for r in previous]).to(device),
-            audio=torch.stack([r.audio_factors[r.k_star].detach().float() for r in previous]).to(device),
-            weight=torch.full((len(previous),), config.beta_t, device=device))
+    anchors = _temporal_anchors(data, config, previous, reason)
     run_config = replace(config, tol=config.cold_tol) if cold and config.cold_tol is not None else config
     terms, steps, converged = _run(data, unknowns, run_config, chain, anchors)
     if data.x_image.is_cuda:
@@ -943,6 +939,20 @@ def _solve(x_image: Tensor, x_audio: Tensor, bank: AnchorBank, config: CoNMFConf
     elapsed = time.perf_counter() - started
     start = (cold, reason, ratio)
     return _results(data, bank, config, unknowns, terms, (steps, converged, elapsed), start)
+
+
+def _temporal_anchors(data: _Data, config: CoNMFConfig, previous: list[CoNMFResult] | None,
+                      reason: str) -> _Temporal | None:
+    """The previous windows' sounding factors for the causal term; None without them, with beta_t = 0, with
+    other factor dimensions, or after a scene change (they would pull towards another scene)."""
+    if previous is None or config.beta_t == 0 or reason.startswith(_SCENE_CHANGE):
+        return None
+    device = data.x_image.device
+    image = torch.stack([r.image_factors[r.k_star].detach().float() for r in previous]).to(device)
+    audio = torch.stack([r.audio_factors[r.k_star].detach().float() for r in previous]).to(device)
+    if image.shape[-1] != data.x_image.shape[2] or audio.shape[-1] != data.x_audio.shape[2]:
+        return None
+    return _Temporal(image, audio, torch.full((len(previous),), config.beta_t, device=device))
 
 
 def _results(data: _Data, bank: AnchorBank, config: CoNMFConfig, unknowns: list[Tensor], terms: _Terms,
