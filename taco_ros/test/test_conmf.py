@@ -167,6 +167,20 @@ def test_split_projection_fast_path_gives_the_same_solve() -> None:
     torch.testing.assert_close(fast.image_activations, plain.image_activations, rtol=1e-3, atol=1e-3)
 
 
+def test_msclap_projection_takes_the_split_path() -> None:
+    clap = pytest.importorskip('msclap.models.clap')
+    x_image, x_audio, bank = tiny_problem(10, batch=1)
+    projection = clap.Projection(12, 8).train()
+    real = AnchorBank(bank.words, bank.image, bank.audio, projection, 20.0)
+    assert not projection.training  # its dropout would make every step random
+    assert real.split_projection() is not None
+    generic = AnchorBank(bank.words, bank.image, bank.audio, lambda x: projection(x), 20.0)
+    config = CoNMFConfig.paper(K=3, max_steps=20)
+    fast = solve(x_image[0], x_audio[0], real, config)
+    plain = solve(x_image[0], x_audio[0], generic, config)
+    assert fast.objective == pytest.approx(plain.objective, rel=1e-5)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Planted recovery at the paper profile
 # ----------------------------------------------------------------------------------------------------
