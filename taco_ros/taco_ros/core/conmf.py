@@ -36,6 +36,11 @@ Streaming solver (``CoNMFConfig.streaming()``): warm start from the previous win
 refitted to the new tokens), Adam with early stopping on the relative change of L, a cold restart when the
 warm start's reconstruction error says the scene changed, and the causal temporal term.
 
+Decision and readout. confidence = median_k CE_I[k] − min_k CE_I[k] (nats: a clear minimum versus a flat
+profile); a window is ``sounding`` when confidence ≥ ``config.sounding_threshold`` (chosen on data, see
+``CoNMFConfig``), so silence or an off-screen source yields no object rather than the least-bad factor. The
+label readout is the top-k words of cos(V_I[k*], T_I).
+
 Computation. ‖X − UV‖_F² is expanded as ‖X‖² − 2⟨UᵀX, V⟩ + ⟨UᵀU, VVᵀ⟩, so the N×D residual is never formed and
 UᵀX is shared with the components. The gradient is written out by hand (``_value_and_grad``; a test checks it
 against autograd of a direct transcription); only the bank's audio projection is differentiated by autograd.
