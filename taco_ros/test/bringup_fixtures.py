@@ -6,7 +6,6 @@ import fcntl
 import os
 import select
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -16,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# The tests stop node processes the way the demo does (SIGINT, then SIGKILL).
+from taco_ros.commands.demo import stop_process as stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL = REPO / 'install'
@@ -63,15 +65,6 @@ def spin_until(executor: Any, done: Callable[[], bool], timeout: float) -> bool:
     return done()
 
 
-def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> None:
-    """SIGINT (what Ctrl-C and ros2 launch send), then SIGKILL if it does not exit in time."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
 
 
 def speech_samples(text: str, sample_rate: int, workdir: Path) -> np.ndarray:

@@ -260,7 +260,8 @@ class _Spinner:
         self._thread.join(timeout=5)
 
 
-def _stop_process(process: subprocess.Popen, timeout: float = 20.0) -> None:
+def stop_process(process: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGINT (what Ctrl-C and ros2 launch send), then SIGKILL if it does not exit in time."""
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
         try:
@@ -386,7 +387,7 @@ def run_demo(settings: DemoSettings) -> DemoRun:
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         context.try_shutdown()
-        _stop_process(process)
+        stop_process(process)
 
     # 3. pictures and table
     windows = read_windows(results)

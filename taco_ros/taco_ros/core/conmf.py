@@ -878,8 +878,15 @@ def _initial_unknowns(data: _Data, config: CoNMFConfig, previous: list[CoNMFResu
     if warm is None:
         return _cold_unknowns(data, config), True, 'previous window has other shapes', None
     if config.warm_logits == 'refit':
-        warm[0] = _refit_logits(data.x_image, warm[2])
-        warm[1] = _refit_logits(data.x_audio, warm[3])
+        # Per window and modality, keep whichever logits reconstruct the new tokens better: the refit
+        # follows objects that moved, the previous logits are already right when nothing did (the
+        # clipped least-squares refit can be worse than them, which would fake a scene change).
+        for i, (x, sq) in enumerate(((data.x_image, data.sq_image), (data.x_audio, data.sq_audio))):
+            refit = _refit_logits(x, warm[2 + i])
+            with torch.no_grad():
+                keep = (_fit(x, sq, torch.sigmoid(warm[i]), warm[2 + i]).norm
+                        <= _fit(x, sq, torch.sigmoid(refit), warm[2 + i]).norm)
+            warm[i] = torch.where(keep.view(-1, 1, 1), warm[i], refit)
     ratio = float(_warm_error_ratio(data, warm, previous).max())
     if ratio > config.cold_restart_ratio:
         reason = f'{_SCENE_CHANGE}: warm-start error ratio {ratio:.2f} > {config.cold_restart_ratio:.2f}'

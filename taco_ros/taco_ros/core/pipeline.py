@@ -580,11 +580,9 @@ class TacoPipeline:
         spans = token_spans(segment, steps=steps, bands=bands, duration_sec=self.audio.duration_sec)
         return _AudioTokens(raw=raw, tokens=raw.clamp_min(0.0), spans=spans, segment=segment)
 
-    def _taco(self, frame: np.ndarray, window: AudioWindow, config: PipelineConfig, bank: Any,
-              started: float) -> TacoResult:
-        from taco_ros.core.conmf import solve
-
-        timings: dict[str, float] = {}
+    def _encode(self, frame: np.ndarray, window: AudioWindow, config: PipelineConfig,
+                timings: dict[str, float]) -> tuple[Any, _AudioTokens]:
+        """Both encoders, each timed into ``timings`` (ms)."""
         t = time.perf_counter()
         image = self._encode_image(frame)
         self._sync()
@@ -593,6 +591,14 @@ class TacoPipeline:
         audio = self._encode_audio(window, config)
         self._sync()
         timings['audio_encoder'] = _ms(t)
+        return image, audio
+
+    def _taco(self, frame: np.ndarray, window: AudioWindow, config: PipelineConfig, bank: Any,
+              started: float) -> TacoResult:
+        from taco_ros.core.conmf import solve
+
+        timings: dict[str, float] = {}
+        image, audio = self._encode(frame, window, config, timings)
         t = time.perf_counter()
         with torch.enable_grad():  # the solver differentiates its objective
             result = solve(image.tokens[0].float(), audio.tokens[0].float(), bank,
@@ -632,12 +638,8 @@ class TacoPipeline:
                   started: float) -> TacoResult:
         """A-FC-CLIP: CLAP's clip embedding picks word j; FC-CLIP segments T_I[j] among the bank."""
         timings: dict[str, float] = {}
-        t = time.perf_counter()
-        image = self._encode_image(frame)
-        self._sync()
-        timings['image_encoder'] = _ms(t)
-        t = time.perf_counter()
-        audio = self._encode_audio(window, config)
+        image, audio = self._encode(frame, window, config, timings)
+        t = time.perf_counter()  # the word choice is part of the audio side: no co-NMF here
         _, unit_audio = bank.unit_vectors()
         scale = float(bank.audio_logit_scale)
         clip_embedding = F.normalize(self.audio.clip_embedding(audio.raw).float(), dim=-1)
@@ -649,7 +651,7 @@ class TacoPipeline:
         tokens = F.normalize(self.audio.projection(audio.raw[0]), dim=-1)
         column = (scale * tokens @ unit_audio.T).softmax(-1)[:, j].cpu().numpy()
         self._sync()
-        timings['audio_encoder'] = _ms(t)
+        timings['audio_encoder'] += _ms(t)
         timings['conmf'] = 0.0
         t = time.perf_counter()
         score_map = self._semantic_map(image, bank.image.float(), j, frame.shape)
