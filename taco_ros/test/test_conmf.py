@@ -257,6 +257,16 @@ def test_scene_and_sound_changes_force_a_cold_restart() -> None:
             previous = result
 
 
+def test_an_unchanged_window_continues_warm() -> None:
+    problem = make_planted_problem(4, SMALL)
+    config = CoNMFConfig.streaming()
+    first = solve(problem.x_image, problem.x_audio, problem.bank, config)
+    again = solve(problem.x_image, problem.x_audio, problem.bank, config, warm_start=first)
+    assert not again.cold_start and again.warm_error_ratio <= 1.0 + 1e-4
+    assert again.k_star == first.k_star and again.labels[0] == problem.sounding_word
+    assert again.steps < first.steps
+
+
 def test_causal_temporal_term_uses_the_previous_sounding_factors() -> None:
     windows = make_drifting_sequence(2, 2, SMALL)
     first = solve(windows[0].x_image, windows[0].x_audio, windows[0].bank, CoNMFConfig.streaming())
