@@ -13,6 +13,7 @@ import pytest
 import torch
 from planted import (
     PlantedSpec,
+    ProjectionLike,
     activation_iou,
     make_drifting_sequence,
     make_planted_bank,
@@ -328,6 +329,22 @@ def test_label_readout_is_the_cosine_ranking_of_the_sounding_factor() -> None:
     assert result.label_scores == pytest.approx(best.values.tolist(), rel=1e-5)
     assert result.label == result.labels[0]
     assert result.activation_map().shape == (24, 24)
+
+
+def test_solve_works_under_inference_mode() -> None:
+    problem = make_planted_problem(5, SMALL)
+    config = CoNMFConfig.streaming(max_steps=6)
+    expected = solve(problem.x_image, problem.x_audio, problem.bank, config)
+    with torch.inference_mode():
+        projection = ProjectionLike(SMALL.audio_dim, SMALL.projection_dim, torch.Generator().manual_seed(0))
+        projection.load_state_dict(problem.bank.audio_projection.state_dict())
+        bank = AnchorBank(problem.bank.words, problem.bank.image * 1, problem.bank.audio * 1, projection,
+                          problem.bank.audio_logit_scale)
+        x_image, x_audio = problem.x_image * 1, problem.x_audio * 1  # inference tensors, like encoder outputs
+        result = solve(x_image, x_audio, bank, config)
+        warm = solve(x_image, x_audio, bank, config, warm_start=result)
+    assert result.objective == pytest.approx(expected.objective, rel=1e-6)
+    assert not warm.cold_start
 
 
 def test_cpu_solves_are_deterministic() -> None:

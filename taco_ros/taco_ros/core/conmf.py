@@ -50,10 +50,11 @@ tokens instead of twice per step to the components (``AnchorBank.split_projectio
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -90,7 +91,8 @@ class AnchorBank:
         image: [J, D_I] CLIP text vectors of "A photo of a {word}", unnormalised.
         audio: [J, D_P] CLAP text vectors of "This is a sound of {word}", unnormalised.
         audio_projection: CLAP's audio projection D_A → D_P (msclap ``Projection``), applied to [M, D_A].
-            An ``nn.Module`` is put in eval mode here (msclap's has a dropout layer).
+            An ``nn.Module`` is put in eval mode here (msclap's has a dropout layer); one built under
+            ``torch.inference_mode`` is replaced by a copy, since the solver differentiates through it.
         audio_logit_scale: λ = exp(CLAP logit_scale), the multiplier of the audio-side cosines.
     """
 
@@ -116,8 +118,13 @@ class AnchorBank:
         if not math.isfinite(scale) or scale <= 0:
             raise ValueError(f'AnchorBank.audio_logit_scale must be positive and finite, got {scale}')
         self.audio_logit_scale = scale
-        if isinstance(self.audio_projection, nn.Module):
-            self.audio_projection.eval()
+        projection = self.audio_projection
+        if isinstance(projection, nn.Module):
+            if any(t.is_inference() for t in (*projection.parameters(), *projection.buffers())):
+                # Built under torch.inference_mode: autograd cannot go through it; use a normal-tensor copy.
+                with torch.inference_mode(False):
+                    self.audio_projection = projection = copy.deepcopy(projection)
+            projection.eval()
 
     @property
     def device(self) -> torch.device:
@@ -912,10 +919,11 @@ def solve(
     restart, when they describe another scene). Runs on the inputs' device; the bank is copied there.
     """
     config = config or CoNMFConfig.streaming()
-    x_image = _check_tokens('x_image', x_image, 2)
-    x_audio = _check_tokens('x_audio', x_audio, 2)
-    previous = None if warm_start is None else [warm_start]
-    return _solve(x_image.unsqueeze(0), x_audio.unsqueeze(0), bank, config, previous, chain=False)[0]
+    with _autograd_allowed():
+        x_image = _check_tokens('x_image', x_image, 2)
+        x_audio = _check_tokens('x_audio', x_audio, 2)
+        previous = None if warm_start is None else [warm_start]
+        return _solve(x_image.unsqueeze(0), x_audio.unsqueeze(0), bank, config, previous, chain=False)[0]
 
 
 def solve_batch(
@@ -933,9 +941,17 @@ def solve_batch(
     early stopping, the batch stops when every window has met the tolerance).
     """
     config = config or CoNMFConfig.paper()
-    x_image = _check_tokens('x_image', x_image, 3)
-    x_audio = _check_tokens('x_audio', x_audio, 3)
-    return _solve(x_image, x_audio, bank, config, None, chain=temporal)
+    with _autograd_allowed():
+        x_image = _check_tokens('x_image', x_image, 3)
+        x_audio = _check_tokens('x_audio', x_audio, 3)
+        return _solve(x_image, x_audio, bank, config, None, chain=temporal)
+
+
+@contextlib.contextmanager
+def _autograd_allowed() -> Iterator[None]:
+    """The solver differentiates the bank's projection: leave inference mode and no_grad for its duration."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
 
 
 def _solve(x_image: Tensor, x_audio: Tensor, bank: AnchorBank, config: CoNMFConfig,
