@@ -105,6 +105,7 @@ class AnchorBank:
     _checked_audio_dim: int | None = field(default=None, init=False, repr=False, compare=False)
     _split_cache: tuple[Tensor, Callable[[Tensor], Tensor]] | bool | None = field(
         default=None, init=False, repr=False, compare=False)
+    _moved: dict[str, AnchorBank] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.words = list(self.words)
@@ -131,15 +132,18 @@ class AnchorBank:
         return self.image.device
 
     def to(self, device: torch.device | str) -> AnchorBank:
-        """This bank on ``device``: self when already there; a projection module is copied, not moved."""
+        """This bank on ``device``: self when already there, else a copy made once and kept (a projection
+        module is copied, not moved)."""
         device = torch.device(device)
         if _same_device(self.image.device, device) and _module_on(self.audio_projection, device):
             return self
-        projection = self.audio_projection
-        if isinstance(projection, nn.Module) and not _module_on(projection, device):
-            projection = copy.deepcopy(projection).to(device)
-        return AnchorBank(list(self.words), self.image.to(device), self.audio.to(device), projection,
-                          self.audio_logit_scale)
+        if str(device) not in self._moved:
+            projection = self.audio_projection
+            if isinstance(projection, nn.Module) and not _module_on(projection, device):
+                projection = copy.deepcopy(projection).to(device)
+            self._moved[str(device)] = AnchorBank(list(self.words), self.image.to(device),
+                                                  self.audio.to(device), projection, self.audio_logit_scale)
+        return self._moved[str(device)]
 
     def subset(self, words: Sequence[str]) -> AnchorBank:
         """A bank with only ``words``, in that order; unknown words raise ValueError."""
