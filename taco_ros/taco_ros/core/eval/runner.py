@@ -539,7 +539,7 @@ class PipelineEngine:
         config = replace(pipeline.config.solver_config(), seed=self._run_seed)
         results = solve_batch(torch.stack([im.tokens[0].float() for im in images]),
                               torch.stack([au.tokens[0].float() for au in audios]),
-                              pipeline._bank, config, temporal=temporal and len(frames) > 1)
+                              pipeline.bank, config, temporal=temporal and len(frames) > 1)
         self._sync()
         solver_ms = _elapsed_ms(start) / len(frames)
         outputs = []
