@@ -494,9 +494,9 @@ def test_vocabulary_service_changes_labels_on_the_next_window(shared: NodeHarnes
 
 
 def test_busy_node_drops_windows_and_latency_stays_bounded(shared: NodeHarness) -> None:
-    """Windows every 0.1 s are due much faster than they are processed: the node takes the newest,
+    """Windows every 0.05 s are due much faster than they are processed: the node takes the newest,
     counts the rest as dropped, and the latency of what it publishes does not grow."""
-    restart(shared, hop_sec=0.1)
+    restart(shared, hop_sec=0.05)
     image_pub = shared.publisher(Image, '/image')
     audio_pub = shared.publisher(AudioChunk, '/audio')
     node = shared.node
@@ -505,7 +505,9 @@ def test_busy_node_drops_windows_and_latency_stays_bounded(shared: NodeHarness) 
         assert shared.wait_connected([image_pub, audio_pub])
         stream = StreamPublisher(shared, image_pub, audio_pub)
         stream.start(WINDOW_TIMEOUT)
-        assert shared.wait_for(lambda: shared.recorder.count('objects') >= 3, WINDOW_TIMEOUT)
+        assert shared.wait_for(
+            lambda: shared.recorder.count('objects') >= 3
+            and node._stats.counts.get('dropped_busy', 0) > dropped, WINDOW_TIMEOUT)
         stream.stop()
     finally:
         shared.peer.destroy_publisher(image_pub)
