@@ -203,6 +203,11 @@ def plot_iou_curve(summary: dict, path: str | Path) -> Path | None:
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
+    return _save(plt, figure, path)
+
+
+def _save(plt: object, figure: object, path: str | Path) -> Path:
+    """Write a figure as PNG (creating its folder) and free it."""
     figure.tight_layout()
     destination = Path(path)
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -231,12 +236,7 @@ def plot_timings(summary: dict, path: str | Path) -> Path | None:
         title += ' · RANDOM WEIGHTS'
     axis.set_title(title, fontsize=9)
     axis.grid(axis='x', alpha=0.3)
-    figure.tight_layout()
-    destination = Path(path)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(destination, dpi=120)
-    plt.close(figure)
-    return destination
+    return _save(plt, figure, path)
 
 
 def write_plots(summary: dict, directory: str | Path) -> list[Path]:
