@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Per-frame cost of TACO in the paper's and the robot's solver settings, via ``taco-ros eval``'s code path.
 
-Runs :func:`taco_ros.core.eval.runner.evaluate` with :class:`PipelineEngine` (the same engine as the command)
+Runs :func:`taco_ros.eval.runner.evaluate` with :class:`PipelineEngine` (the same engine as the command)
 once per mode on one benchmark, and prints the time per stage (mean and median ms per frame), the solver's
 share of the frame, and the ratios streaming / paper, all measured in this run.
 
@@ -60,7 +60,7 @@ def write_synthetic_s4(root: Path, videos: int, frames: int, seed: int = 0) -> N
 
 
 def run_mode(benchmark, mode: str, args: argparse.Namespace) -> dict:
-    from taco_ros.core.eval.runner import PipelineEngine, RunOptions, evaluate
+    from taco_ros.eval.runner import PipelineEngine, RunOptions, evaluate
 
     engine = PipelineEngine(benchmark, mode=mode, model_config=args.model_config, model_dir=args.model_dir,
                             device=args.device, allow_random_weights=args.allow_random_weights)
@@ -76,8 +76,8 @@ def run_mode(benchmark, mode: str, args: argparse.Namespace) -> dict:
 
 
 def _clip(sample):
-    from taco_ros.core.eval.datasets import load_audio
-    from taco_ros.core.eval.runner import Clip
+    from taco_ros.eval.datasets import load_audio
+    from taco_ros.eval.runner import Clip
 
     samples, rate = load_audio(sample.audio)
     return Clip(samples, rate, 0.0)
@@ -99,7 +99,7 @@ def main() -> int:
 
     import torch
 
-    from taco_ros.core.eval.datasets import load_benchmark
+    from taco_ros.eval.datasets import load_benchmark
 
     torch.set_num_threads(args.threads)
     modes = [m.strip() for m in args.modes.split(',') if m.strip()]

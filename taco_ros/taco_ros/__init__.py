@@ -3,7 +3,7 @@
 Data path, left to right:
 
     camera Image ──┐
-                   ├─ core.audio_buffer ─ core.pipeline ─┬─ core.clip_backbone  (CLIP tokens X_I)
+                   ├─ core.windows ─ core.pipeline ─┬─ core.clip_backbone  (CLIP tokens X_I)
     mic AudioChunk ┘   (1 s windows)                     ├─ core.audio_encoder  (CLAP tokens X_A)
                                                          ├─ core.conmf          (co-NMF → factor k*)
                                                          └─ core.fcclip         (mask for k*)

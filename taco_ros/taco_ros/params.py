@@ -17,6 +17,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from taco_ros.core.contract import (
+    AUDIO_CONTEXTS,
+    MODES,
+    PAIR_WITH,
+    PRECISIONS,
+    RESIZE_POLICIES,
+    SOLVER_PROFILES,
+    check_device,
+)
+
 NODE_NAME = 'taco_node'
 
 # ---------------------------------------------------------------------------------------- topics
@@ -37,7 +47,6 @@ SERVICE_SET_VOCABULARY = '~/set_vocabulary'
 OUTPUT_DEPTH = 5
 
 QOS_PROFILES = ('sensor_data', 'reliable', 'best_effort', 'system_default')
-DEVICE_PATTERN = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
 
 
 @dataclass(frozen=True)
@@ -165,23 +174,23 @@ PARAMETERS: list[ParamSpec] = [
     P('device', 'auto', 'Torch device: auto (cuda if available), cpu, cuda or cuda:N.', 'models',
       applies='configure'),
     P('precision', 'fp32', 'Autocast precision of the backbones on CUDA (ignored on CPU).',
-      'models', applies='configure', choices=('fp32', 'fp16', 'bf16')),
+      'models', applies='configure', choices=PRECISIONS),
     P('allow_random_weights', False, 'Run with random weights when model files are missing (tests, '
       'demo); outputs are meaningless and every window logs a warning.', 'models', applies='configure'),
     P('seed', 0, 'Seed of the solver initialisation (CPU runs are deterministic).', 'models',
       applies='configure', range=(0, 2 ** 31 - 1)),
     P('resize', 'squash', "Frame resize policy before the backbone: 'squash' to 764x764 (the "
       "paper), 'letterbox' keeps the aspect ratio.", 'models', applies='configure',
-      choices=('squash', 'letterbox')),
+      choices=RESIZE_POLICIES),
     # -- processing (live) --
     P('mode', 'full', "full: FC-CLIP mask of the sounding factor; coarse: its 24x24 co-NMF "
       "activation map upsampled; baseline: A-FC-CLIP (CLAP picks a word, FC-CLIP segments it).",
-      'processing', choices=('full', 'coarse', 'baseline')),
+      'processing', choices=MODES),
     P('vocabulary', [], 'Open vocabulary (anchor words); [] = the 527 AudioSet class names. '
       'Also settable with the set_vocabulary service.', 'processing'),
     P('solver_profile', 'streaming', 'Co-NMF settings: streaming (warm start, Adam, early stop) or '
       'paper (1800 GD steps, cold k-means start every window).', 'processing',
-      choices=('streaming', 'paper')),
+      choices=SOLVER_PROFILES),
     P('solver_max_steps', 0, 'Cap on co-NMF steps per window (0 = the profile default).',
       'processing', range=(0, 10000)),
     P('mask_threshold', 0.5, 'Threshold on the sounding factor\'s soft map (0..1) for the mask.',
@@ -190,7 +199,7 @@ PARAMETERS: list[ParamSpec] = [
       'processing', range=(0, 100_000_000)),
     P('top_k', 5, 'Number of runner-up labels per object.', 'processing', range=(1, 50)),
     P('audio_context', 'tile', "CLAP input: 'tile' repeats the window to 7 s (TACO), 'history' "
-      "uses the last 7 s of real audio.", 'processing', choices=('tile', 'history')),
+      "uses the last 7 s of real audio.", 'processing', choices=AUDIO_CONTEXTS),
     P('silence_rms', 0.001, 'Windows whose RMS is below this are "nothing sounding" without '
       'running the models (0 disables the gate).', 'processing', range=(0.0, 1.0)),
     # -- inputs --
@@ -222,7 +231,7 @@ PARAMETERS: list[ParamSpec] = [
       'windows', range=(0.1, 7.0)),
     P('hop_sec', 1.0, 'Time between window ends.', 'windows', range=(0.05, 10.0)),
     P('pair_with', 'end', 'Pair each window with the camera frame nearest its end or its centre.',
-      'windows', choices=('end', 'centre')),
+      'windows', choices=PAIR_WITH),
     P('pair_tolerance', 0.1, 'Largest |frame stamp - pairing time| accepted, seconds.', 'windows',
       range=(0.0, 5.0)),
     P('frame_wait', 0.2, 'How far the audio may run past the pairing time while waiting for a '
@@ -288,8 +297,8 @@ def validate(name: str, value: Any) -> str | None:
         return f'{name}={value} is outside [{spec.range[0]}, {spec.range[1]}]'
     if spec.choices is not None and value not in spec.choices:
         return f'{name}={value!r} is not one of {", ".join(spec.choices)}'
-    if name == 'device' and not DEVICE_PATTERN.match(value):
-        return f"device={value!r} must be auto, cpu, cuda or cuda:N"
+    if name == 'device':
+        return check_device(value)
     if name == 'vocabulary':
         return validate_vocabulary(value)
     return None

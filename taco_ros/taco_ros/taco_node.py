@@ -50,7 +50,7 @@ from taco_msgs.msg import (
 from taco_msgs.srv import SetVocabulary
 from taco_ros import conversions as conv
 from taco_ros import params
-from taco_ros.core.audio_buffer import AudioRingBuffer, FrameBuffer, WindowScheduler
+from taco_ros.core.windows import AudioRingBuffer, FrameBuffer, WindowScheduler
 
 # How often the inference timer looks for a due window. Short, so the latency added by polling is
 # small next to the window itself; a tick with nothing to do costs microseconds.
@@ -739,7 +739,7 @@ class TacoNode(LifecycleNode):
             label=label, factor_index=max(0, int(result.k_star))))
         debug = pubs['debug']
         if debug.get_subscription_count() > 0:
-            from taco_ros.core.overlay import draw_debug
+            from taco_ros.overlay import draw_debug
 
             image = draw_debug(frame, result, self._p['debug_alpha'])
             debug.publish(conv.numpy_to_image(image, header, 'rgb8'))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from taco_ros.core.eval.datasets import avss_palette
+from taco_ros.eval.datasets import avss_palette
 
 IMAGE_SIZE = (48, 64)     # (H, W) of the random frames: small on purpose, the pipeline resizes anyway
 # The authors' CSVs hold absolute audio paths on their own mounts; the reader must re-root them.

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from bringup_fixtures import INSTALL, LIB_DIR, isolate_dds, tool_missing
 
-from taco_ros.core import demo_report
-from taco_ros.core.demo_report import ObjectView, WindowResult
-from taco_ros.core.overlay import colour_of
+from taco_ros.demo import report as demo_report
+from taco_ros.demo.report import ObjectView, WindowResult
+from taco_ros.overlay import colour_of
 
 START = 1_000_000_000_000
 

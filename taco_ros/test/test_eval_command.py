@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from eval_fixtures import write_all
 
-from taco_ros.core.eval import report as r
-from taco_ros.core.eval import runner as rn
-from taco_ros.core.eval.datasets import load_benchmark
+from taco_ros.eval import report as r
+from taco_ros.eval import runner as rn
+from taco_ros.eval.datasets import load_benchmark
 
 
 @pytest.fixture(scope='module')
@@ -158,7 +158,7 @@ def test_oracle_scores_100_on_s4_with_the_temporal_batch(tiny):
 
 
 def r_thresholds():
-    from taco_ros.core.eval.metrics import AVSBENCH_THRESHOLDS
+    from taco_ros.eval.metrics import AVSBENCH_THRESHOLDS
 
     return AVSBENCH_THRESHOLDS
 

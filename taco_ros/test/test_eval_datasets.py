@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from eval_fixtures import ADE_CLASSES, AVSS_LABELS, write_all
 
-from taco_ros.core.eval import datasets as d
+from taco_ros.eval import datasets as d
 
 
 @pytest.fixture(scope='module')

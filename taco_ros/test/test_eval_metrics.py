@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from taco_ros.core.eval import metrics as m
+from taco_ros.eval import metrics as m
 
 
 def _square(size: int, top: int, left: int, height: int, width: int) -> np.ndarray:

@@ -250,7 +250,7 @@ def test_real_files_and_an_anchor_bank_file(monkeypatch: pytest.MonkeyPatch, tmp
                                             small_config: Path) -> None:
     """Model files in their real formats load without the random-weights flag; a bank built from
     them serves a vocabulary subset without text encoders."""
-    from taco_ros.core.anchors import build_anchor_bank, save_anchor_bank
+    from taco_ros.core.vocabulary import build_anchor_bank, save_anchor_bank
     from taco_ros.core.models import create_clap, create_clap_text, create_clip
 
     isolate_model_search(monkeypatch, tmp_path)
@@ -328,7 +328,7 @@ def _result_with_square(random_weights: bool, sounding: bool = True):
 
 
 def test_debug_overlay() -> None:
-    from taco_ros.core.overlay import colour_of, draw_debug
+    from taco_ros.overlay import colour_of, draw_debug
 
     frame = np.full((120, 160, 3), 100, np.uint8)
     plain = draw_debug(frame, _result_with_square(random_weights=False), alpha=0.5)

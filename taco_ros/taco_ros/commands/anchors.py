@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from taco_ros.core.anchors import (
+    from taco_ros.core.vocabulary import (
         audioset_labels,
         build_anchor_bank,
         read_word_list,
@@ -58,7 +58,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from taco_ros.core.anchors import read_anchor_bank
+    from taco_ros.core.vocabulary import read_anchor_bank
 
     try:
         bank = read_anchor_bank(args.path)

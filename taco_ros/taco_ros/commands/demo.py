@@ -195,7 +195,7 @@ def read_windows(results_bag: Path, node_name: str = '/taco_node') -> list[Any]:
     import numpy as np
 
     from taco_ros import bags
-    from taco_ros.core.demo_report import ObjectView, WindowResult
+    from taco_ros.demo.report import ObjectView, WindowResult
 
     base = '/' + node_name.strip('/')
     windows: dict[int, WindowResult] = {}
@@ -301,7 +301,7 @@ def run_demo(settings: DemoSettings) -> DemoRun:
 
     from taco_ros import bags
     from taco_ros.commands.bag import BagPlayer, BagRecorder, output_topics
-    from taco_ros.core import demo_report
+    from taco_ros.demo import report as demo_report
 
     out = settings.output_dir
     out.mkdir(parents=True, exist_ok=True)

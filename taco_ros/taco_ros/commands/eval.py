@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from taco_ros.core.contract import AUDIO_CONTEXTS, EVAL_MODES, PRECISIONS
 
 BENCHMARKS = ('s4', 'ms3', 'ade_sp', 'avss', 'ade_sp_semantic')
 LAYOUTS = """dataset layouts under --root:
@@ -25,7 +26,6 @@ LAYOUTS = """dataset layouts under --root:
   avss             metadataExtendedTest.csv (rows with source_type v2: frame, mask, file_path, label),
                    label2idx.json, labels_rgb/ colour masks
 absolute audio paths from another machine are looked up under ROOT by their trailing components"""
-MODES = ('paper', 'streaming', 'coarse', 'baseline')
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=LAYOUTS, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--benchmark', required=True, choices=BENCHMARKS)
     parser.add_argument('--root', required=True, help='dataset root (layouts below)')
-    parser.add_argument('--mode', default='paper', choices=MODES,
+    parser.add_argument('--mode', default='paper', choices=EVAL_MODES,
                         help='paper: cold start, 1800 GD steps, batch temporal term on S4; streaming: warm '
                              'start, online temporal term; coarse: no segmenter; baseline: A-FC-CLIP '
                              '(default: %(default)s)')
@@ -58,9 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="model configuration name or JSON path ('taco_tiny' for tests)")
     parser.add_argument('--model-dir', default=None, help='extra model directory searched first')
     parser.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N (default: auto)')
-    parser.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'bf16'),
+    parser.add_argument('--precision', default='fp32', choices=PRECISIONS,
                         help='autocast precision of the backbones on CUDA (default: fp32)')
-    parser.add_argument('--audio-context', default='tile', choices=('tile', 'history'),
+    parser.add_argument('--audio-context', default='tile', choices=AUDIO_CONTEXTS,
                         help="streaming/baseline: 'tile' repeats each frame's clip to CLAP's 7 s (the "
                              "paper); 'history' feeds the video's earlier clips too, as a live node can "
                              '(default: %(default)s)')
@@ -92,9 +92,9 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from taco_ros.core.eval.datasets import DEFAULT_SEED, DatasetError, load_benchmark
-    from taco_ros.core.eval.report import format_table, write_json, write_plots
-    from taco_ros.core.eval.runner import PipelineEngine, RunOptions, evaluate
+    from taco_ros.eval.datasets import DEFAULT_SEED, DatasetError, load_benchmark
+    from taco_ros.eval.report import format_table, write_json, write_plots
+    from taco_ros.eval.runner import PipelineEngine, RunOptions, evaluate
 
     if args.runs < 1:
         print('taco-ros eval: --runs must be at least 1', file=sys.stderr)

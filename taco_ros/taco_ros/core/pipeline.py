@@ -40,20 +40,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from taco_ros.core.audio_buffer import AudioWindow
-from taco_ros.core.masks import DEFAULT_MASK_THRESHOLD
+
+from taco_ros.core.contract import (
+    STAGES,
+    AudioWindow,
+    LIVE_FIELDS,
+    PipelineConfig,
+    SoundingObjectResult,
+    TacoResult,
+)
 
 _LOG = logging.getLogger(__name__)
 
-MODES = ('full', 'coarse', 'baseline')
-PRECISIONS = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
-SOLVER_PROFILES = ('streaming', 'paper')
-AUDIO_CONTEXTS = ('tile', 'history')
-RESIZE_POLICIES = ('squash', 'letterbox')
-STAGES = ('image_encoder', 'audio_encoder', 'conmf', 'segmenter', 'total')
-# Fields that may change between windows (TacoPipeline.update); the others fix the models.
-LIVE_FIELDS = ('mode', 'vocabulary', 'solver_profile', 'solver_overrides', 'mask_threshold',
-               'min_component_area', 'top_k', 'audio_context', 'silence_rms', 'always_segment')
+PRECISION_DTYPES = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 # FC-CLIP masks are upsampled to the output size query by query; beyond this many pixels it is
 # cheaper to build the map at the network's resolution and resize the one channel.
 MAX_DIRECT_MAP_PIXELS = 764 * 764
@@ -61,131 +60,22 @@ MAX_DIRECT_MAP_PIXELS = 764 * 764
 __all__ = ['AudioWindow', 'PipelineConfig', 'SoundingObjectResult', 'TacoPipeline', 'TacoResult']
 
 
-@dataclass
-class SoundingObjectResult:
-    """One sounding object: its value in the mask, labels, scores and box (x, y, w, h)."""
-
-    mask_value: int
-    label: str
-    score: float
-    top_labels: list[str]
-    top_scores: list[float]
-    confidence: float
-    audio_activation: float
-    bbox: tuple[int, int, int, int]
-    factor_index: int
+def solver_config(config: PipelineConfig) -> Any:
+    """The CoNMFConfig of a pipeline configuration (its profile, then its overrides)."""
+    from taco_ros.core.conmf import CoNMFConfig
+    known = {f.name for f in fields(CoNMFConfig)}
+    unknown = sorted(set(config.solver_overrides) - known)
+    if unknown:
+        raise ValueError(f'solver_overrides has unknown CoNMFConfig fields {unknown}')
+    make = CoNMFConfig.paper if config.solver_profile == 'paper' else CoNMFConfig.streaming
+    return make(**{'seed': int(config.seed), 'top_k': int(config.top_k), **config.solver_overrides})
 
 
-@dataclass
-class TacoResult:
-    """Everything one window produced (see PIPELINE_CONTRACT.md).
-
-    mask: uint8 [H, W] of the frame's size: 0 background, v = objects[v-1].mask_value.
-    activation: [T] activation of factor k* over the window, time-ordered (bands averaged);
-        token_offsets [T]: start of each bin in seconds after the window start; each bin is
-        token_duration long and together they span window_duration.
-    k_star: the sounding factor (-1 when nothing ran: silence gate; the chosen word in baseline).
-    timings: milliseconds per stage (STAGES).
-    score_map: float32 [H, W] soft map of k* (None when no map was computed).
-    """
-
-    mask: np.ndarray
-    objects: list[SoundingObjectResult]
-    sounding: bool
-    confidence: float
-    k_star: int
-    steps: int
-    cold_start: bool
-    mode: str
-    activation: np.ndarray
-    token_offsets: np.ndarray
-    token_duration: float
-    window_duration: float
-    timings: dict[str, float]
-    score_map: np.ndarray | None
-    random_weights: bool
-    labels: list[str] = field(default_factory=list)
-    label_scores: list[float] = field(default_factory=list)
-    cold_reason: str = ''
-
-
-@dataclass
-class PipelineConfig:
-    """How to build and run the pipeline.
-
-    model_config: name in taco_ros/model_configs or a JSON path ('taco_tiny' for tests).
-    model_dir: directory searched first for model files.
-    device: auto | cpu | cuda | cuda:N. precision: fp32 | fp16 | bf16 autocast of the backbones
-        (CUDA only; the solver always runs in fp32).
-    mode: full | coarse | baseline.
-    anchors: anchor bank file; None builds the bank from ``vocabulary`` with the text encoders.
-    vocabulary: the words; None = every word of the anchors file, or the 527 AudioSet names.
-    solver_profile / solver_overrides: CoNMFConfig.streaming() or .paper(), then these fields.
-    mask_threshold: absolute threshold on the soft map; min_component_area: smaller mask
-        components (pixels) are removed; top_k: runner-up labels.
-    audio_context: 'tile' (TACO: the window tiled to 7 s) or 'history' (the last 7 s).
-    resize: squash (the paper's 764² resize) or letterbox.
-    allow_random_weights: build missing models with random weights (tests, demo).
-    seed: seed of the solver initialisation.
-    silence_rms: windows with an RMS below this are "nothing sounding" without running the
-        models (0 disables the gate).
-    keep_text_encoders: keep the CLIP and CLAP text encoders (on the CPU) so that
-        set_vocabulary can encode new words; False frees them once the bank is built.
-    always_segment: compute the soft map even when the solver says nothing is sounding (for
-        evaluation against ground truth); the node leaves it off to save time.
-    """
-
-    model_config: str = 'taco_convnext_large'
-    model_dir: str | None = None
-    device: str = 'auto'
-    precision: str = 'fp32'
-    mode: str = 'full'
-    anchors: str | None = None
-    vocabulary: list[str] | None = None
-    solver_profile: str = 'streaming'
-    solver_overrides: dict = field(default_factory=dict)
-    mask_threshold: float = DEFAULT_MASK_THRESHOLD
-    min_component_area: int = 0
-    top_k: int = 5
-    audio_context: str = 'tile'
-    resize: str = 'squash'
-    allow_random_weights: bool = False
-    seed: int = 0
-    silence_rms: float = 0.0
-    keep_text_encoders: bool = True
-    always_segment: bool = False
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first unusable field."""
-        choices = {'mode': MODES, 'precision': tuple(PRECISIONS), 'solver_profile': SOLVER_PROFILES,
-                   'audio_context': AUDIO_CONTEXTS, 'resize': RESIZE_POLICIES}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f'PipelineConfig.{name}={getattr(self, name)!r} is not one of '
-                                 f'{", ".join(allowed)}')
-        resolve_device(self.device)
-        if not (math.isfinite(self.mask_threshold) and 0.0 <= self.mask_threshold <= 1.0):
-            raise ValueError(f'mask_threshold must lie in [0, 1], got {self.mask_threshold}')
-        if self.min_component_area < 0:
-            raise ValueError(f'min_component_area must be >= 0, got {self.min_component_area}')
-        if self.top_k < 1:
-            raise ValueError(f'top_k must be >= 1, got {self.top_k}')
-        if not (math.isfinite(self.silence_rms) and self.silence_rms >= 0):
-            raise ValueError(f'silence_rms must be >= 0, got {self.silence_rms}')
-        if not isinstance(self.solver_overrides, dict):
-            raise ValueError('solver_overrides must be a dict of CoNMFConfig fields')
-        self.solver_config().validate()
-
-    def solver_config(self) -> Any:
-        """The CoNMFConfig of this pipeline configuration."""
-        from taco_ros.core.conmf import CoNMFConfig
-        known = {f.name for f in fields(CoNMFConfig)}
-        unknown = sorted(set(self.solver_overrides) - known)
-        if unknown:
-            raise ValueError(f'solver_overrides has unknown CoNMFConfig fields {unknown}')
-        make = CoNMFConfig.paper if self.solver_profile == 'paper' else CoNMFConfig.streaming
-        return make(**{'seed': int(self.seed), 'top_k': int(self.top_k),
-                       **self.solver_overrides})
+def validate_config(config: PipelineConfig) -> None:
+    """PipelineConfig.validate plus what needs torch: the device exists, the solver fields fit."""
+    config.validate()
+    resolve_device(config.device)
+    solver_config(config).validate()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -270,9 +160,8 @@ class TacoPipeline:
     def __init__(self, config: PipelineConfig) -> None:
         from taco_ros.core.models import RANDOM_SUFFIX, load_model_config
 
-        config = replace(config, solver_overrides=dict(config.solver_overrides),
-                         vocabulary=None if config.vocabulary is None else list(config.vocabulary))
-        config.validate()
+        config = config.copy()
+        validate_config(config)
         self.config = config
         self.device = resolve_device(config.device)
         self._lock = threading.Lock()
@@ -365,7 +254,7 @@ class TacoPipeline:
         return segmenter
 
     def _initial_bank(self) -> Any:
-        from taco_ros.core.anchors import audioset_labels, load_anchor_bank
+        from taco_ros.core.vocabulary import audioset_labels, load_anchor_bank
 
         config = self.config
         if config.anchors is not None:
@@ -466,7 +355,7 @@ class TacoPipeline:
 
     def set_vocabulary(self, words: Sequence[str] | None) -> None:
         """Use ``words`` (None: the default vocabulary) from the next window; ValueError if unusable."""
-        from taco_ros.core.anchors import audioset_labels
+        from taco_ros.core.vocabulary import audioset_labels
 
         if words is None:
             words = list(self._file_bank.words) if self._file_bank is not None else audioset_labels()
@@ -487,7 +376,7 @@ class TacoPipeline:
                 return problem
         candidate = replace(self.config, **{k: v for k, v in changes.items() if k != 'vocabulary'})
         try:
-            candidate.validate()
+            validate_config(candidate)
         except ValueError as exc:
             return str(exc)
         if candidate.mode == 'baseline' and self.segmenter is None:
@@ -535,7 +424,7 @@ class TacoPipeline:
     # ------------------------------------------------------------------ processing
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:
-        dtype = PRECISIONS[self.config.precision]
+        dtype = PRECISION_DTYPES[self.config.precision]
         if self.device.type == 'cuda' and dtype is not None:
             with torch.autocast('cuda', dtype=dtype):
                 yield
@@ -602,7 +491,7 @@ class TacoPipeline:
         t = time.perf_counter()
         with torch.enable_grad():  # the solver differentiates its objective
             result = solve(image.tokens[0].float(), audio.tokens[0].float(), bank,
-                           config.solver_config(), warm_start=self._previous)
+                           solver_config(config), warm_start=self._previous)
         self._previous = result
         timings['conmf'] = _ms(t)
         k = int(result.k_star)

@@ -10,7 +10,7 @@ import encoder_fixtures as ef
 import pytest
 import torch
 
-from taco_ros.core.anchors import (
+from taco_ros.core.vocabulary import (
     AnchorBankMismatch,
     audioset_labels,
     build_anchor_bank,

@@ -27,10 +27,10 @@ from typing import Protocol
 
 import numpy as np
 
-from taco_ros.core.eval import metrics as m
-from taco_ros.core.eval.datasets import Benchmark, Sample, load_audio
+from taco_ros.eval import metrics as m
+from taco_ros.eval.datasets import Benchmark, Sample, load_audio
+from taco_ros.core.contract import EVAL_MODES
 
-MODES = ('paper', 'streaming', 'coarse', 'baseline')
 CLIP_SECONDS = 7.0            # CLAP's input length: longer clips are cropped, shorter ones tiled
 FRAME_PERIOD = 1.0            # AVSBench frames are one second apart
 
@@ -247,8 +247,8 @@ class RunOptions:
     progress: bool = True
 
     def validate(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f'unknown mode {self.mode!r}; choose one of {", ".join(MODES)}')
+        if self.mode not in EVAL_MODES:
+            raise ValueError(f'unknown mode {self.mode!r}; choose one of {", ".join(EVAL_MODES)}')
         if self.runs < 1:
             raise ValueError(f'runs must be at least 1, got {self.runs}')
 
@@ -336,7 +336,7 @@ def run_once(benchmark: Benchmark, engine: Engine, options: RunOptions, run: int
 def evaluate(benchmark: Benchmark, engine: Engine, options: RunOptions,
              log: Callable[[str], None] = print) -> dict:
     """Repeat the benchmark ``options.runs`` times; the JSON-able summary of report.build_summary."""
-    from taco_ros.core.eval.report import build_summary
+    from taco_ros.eval.report import build_summary
 
     options.validate()
     results, curves, timings = [], [], defaultdict(list)
@@ -420,11 +420,11 @@ class PipelineEngine:
                  model_dir: str | None = None, device: str = 'auto', precision: str = 'fp32',
                  solver_overrides: dict | None = None, allow_random_weights: bool = False,
                  seed: int = 0, audio_context: str = 'tile') -> None:
-        from taco_ros.core.anchors import audioset_labels
-        from taco_ros.core.pipeline import PipelineConfig, TacoPipeline
+        from taco_ros.core.vocabulary import audioset_labels
+        from taco_ros.core.pipeline import PipelineConfig, TacoPipeline, solver_config
 
-        if mode not in MODES:
-            raise ValueError(f'unknown mode {mode!r}; choose one of {", ".join(MODES)}')
+        if mode not in EVAL_MODES:
+            raise ValueError(f'unknown mode {mode!r}; choose one of {", ".join(EVAL_MODES)}')
         self.mode = mode
         self.benchmark = benchmark
         self.seed = seed
@@ -438,7 +438,7 @@ class PipelineEngine:
         self.pipeline = TacoPipeline(config)
         self.random_weights = bool(self.pipeline.random_weights)
         self.vocabulary = list(self.pipeline.vocabulary)
-        solver = self.pipeline.config.solver_config()
+        solver = solver_config(self.pipeline.config)
         self.description = {
             'engine': 'taco_ros.core.pipeline.TacoPipeline', 'model_config': model_config,
             'device': str(self.pipeline.device), 'precision': precision,
@@ -468,7 +468,7 @@ class PipelineEngine:
 
     # -- the node's path -------------------------------------------------------------------------
     def _window(self, clip: Clip, history: list[Clip]):
-        from taco_ros.core.audio_buffer import AudioWindow
+        from taco_ros.core.windows import AudioWindow
 
         # 'history' context: the video's earlier clips, when they share the rate and channel layout.
         usable = [c.samples for c in history
@@ -502,9 +502,9 @@ class PipelineEngine:
 
         import torch
 
-        from taco_ros.core.pipeline import PRECISIONS
+        from taco_ros.core.pipeline import PRECISION_DTYPES
 
-        dtype = PRECISIONS[self.pipeline.config.precision]
+        dtype = PRECISION_DTYPES[self.pipeline.config.precision]
         if self.pipeline.device.type == 'cuda' and dtype is not None:
             return torch.autocast('cuda', dtype=dtype)
         return contextlib.nullcontext()
@@ -536,7 +536,8 @@ class PipelineEngine:
                 self._sync()
                 timings[index]['audio_encoder'] = _elapsed_ms(start)
         start = time.perf_counter()
-        config = replace(pipeline.config.solver_config(), seed=self._run_seed)
+        from taco_ros.core.pipeline import solver_config
+        config = replace(solver_config(pipeline.config), seed=self._run_seed)
         results = solve_batch(torch.stack([im.tokens[0].float() for im in images]),
                               torch.stack([au.tokens[0].float() for au in audios]),
                               pipeline.bank, config, temporal=temporal and len(frames) > 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from taco_ros.core.audio_buffer import (
+from taco_ros.core.windows import (
     RESET_BACKWARD_JUMP,
     RESET_FORMAT_CHANGE,
     RESET_LARGE_GAP,

@@ -27,38 +27,13 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
+from taco_ros.core.contract import AudioWindow
+
 T = TypeVar('T')
 
 RESET_BACKWARD_JUMP = 'backward_jump'
 RESET_FORMAT_CHANGE = 'format_change'
 RESET_LARGE_GAP = 'large_gap'
-
-
-@dataclass
-class AudioWindow:
-    """One audio window handed to the pipeline.
-
-    samples: float32 [n] mono or [n, C], in [-1, 1]; zeros where audio was missing.
-    sample_rate: frames per second of ``samples``.
-    start: capture time of the first sample (ROS time in seconds).
-    history: optional samples immediately preceding the window (same rate and channels), used
-        by the 'history' audio context (TACO's 7 s CLAP input from real past audio).
-    gap_fraction: fraction of the window that was zero-filled because no audio covered it.
-    """
-
-    samples: np.ndarray
-    sample_rate: int
-    start: float
-    history: np.ndarray | None = None
-    gap_fraction: float = 0.0
-
-    @property
-    def duration(self) -> float:
-        return self.samples.shape[0] / float(self.sample_rate)
-
-    @property
-    def end(self) -> float:
-        return self.start + self.duration
 
 
 @dataclass

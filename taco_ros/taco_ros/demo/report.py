@@ -15,7 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from taco_ros.core.overlay import FONT, colour_of, draw_debug
+from taco_ros.overlay import FONT, colour_of, draw_debug
 
 RANDOM_WEIGHTS_BANNER = ('RANDOM WEIGHTS: masks are meaningless until you run '
                          '`taco-ros models fetch`')
