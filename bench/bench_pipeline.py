@@ -56,9 +56,9 @@ def write_random_bank(path: Path, config: str, seed: int = 0) -> Path:
     projection), in the real bank file format."""
     import torch
 
-    from taco_ros.core.vocabulary import AnchorBankData, audioset_labels, save_anchor_bank
     from taco_ros.core.audio_encoder import import_msclap_modules
     from taco_ros.core.models import load_model_config
+    from taco_ros.core.vocabulary import AnchorBankData, audioset_labels, save_anchor_bank
 
     cfg = load_model_config(config)
     words = audioset_labels()

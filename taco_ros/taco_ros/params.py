@@ -12,7 +12,6 @@ reconfiguring the lifecycle node, i.e. deactivate → cleanup → set → config
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any

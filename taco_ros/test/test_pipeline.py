@@ -250,8 +250,8 @@ def test_real_files_and_an_anchor_bank_file(monkeypatch: pytest.MonkeyPatch, tmp
                                             small_config: Path) -> None:
     """Model files in their real formats load without the random-weights flag; a bank built from
     them serves a vocabulary subset without text encoders."""
-    from taco_ros.core.vocabulary import build_anchor_bank, save_anchor_bank
     from taco_ros.core.models import create_clap, create_clap_text, create_clip
+    from taco_ros.core.vocabulary import build_anchor_bank, save_anchor_bank
 
     isolate_model_search(monkeypatch, tmp_path)
     model_dir = write_all_tiny_files(tmp_path / 'models')

@@ -10,6 +10,7 @@ import encoder_fixtures as ef
 import pytest
 import torch
 
+from taco_ros.core.models import create_clap, create_clap_text, create_clip
 from taco_ros.core.vocabulary import (
     AnchorBankMismatch,
     audioset_labels,
@@ -20,7 +21,6 @@ from taco_ros.core.vocabulary import (
     save_anchor_bank,
     words_hash,
 )
-from taco_ros.core.models import create_clap, create_clap_text, create_clip
 
 WORDS = ['Dog', 'Cat', 'Engine', 'Speech']
 

@@ -32,14 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from taco_ros.core.model_files import ModelFileNotFound
+    from taco_ros.core.models import create_clap, create_clap_text, create_clip, load_model_config
     from taco_ros.core.vocabulary import (
         audioset_labels,
         build_anchor_bank,
         read_word_list,
         save_anchor_bank,
     )
-    from taco_ros.core.model_files import ModelFileNotFound
-    from taco_ros.core.models import create_clap, create_clap_text, create_clip, load_model_config
 
     try:
         cfg = load_model_config(args.model_config)

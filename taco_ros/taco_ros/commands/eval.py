@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
 from taco_ros.core.contract import AUDIO_CONTEXTS, EVAL_MODES, PRECISIONS
 
 BENCHMARKS = ('s4', 'ms3', 'ade_sp', 'avss', 'ade_sp_semantic')

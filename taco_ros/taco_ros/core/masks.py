@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from taco_ros.core.contract import DEFAULT_MASK_THRESHOLD
-from scipy import ndimage
 
 DEFAULT_COARSE_THRESHOLD = 0.5
 # 8-connectivity: diagonal neighbours belong to the same object (thin parts survive the clean-up).

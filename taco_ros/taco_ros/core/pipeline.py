@@ -29,22 +29,20 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-
 from taco_ros.core.contract import (
+    LIVE_FIELDS,
     STAGES,
     AudioWindow,
-    LIVE_FIELDS,
     PipelineConfig,
     SoundingObjectResult,
     TacoResult,

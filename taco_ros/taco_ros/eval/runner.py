@@ -27,9 +27,9 @@ from typing import Protocol
 
 import numpy as np
 
+from taco_ros.core.contract import EVAL_MODES
 from taco_ros.eval import metrics as m
 from taco_ros.eval.datasets import Benchmark, Sample, load_audio
-from taco_ros.core.contract import EVAL_MODES
 
 CLIP_SECONDS = 7.0            # CLAP's input length: longer clips are cropped, shorter ones tiled
 FRAME_PERIOD = 1.0            # AVSBench frames are one second apart
@@ -420,8 +420,8 @@ class PipelineEngine:
                  model_dir: str | None = None, device: str = 'auto', precision: str = 'fp32',
                  solver_overrides: dict | None = None, allow_random_weights: bool = False,
                  seed: int = 0, audio_context: str = 'tile') -> None:
-        from taco_ros.core.vocabulary import audioset_labels
         from taco_ros.core.pipeline import PipelineConfig, TacoPipeline, solver_config
+        from taco_ros.core.vocabulary import audioset_labels
 
         if mode not in EVAL_MODES:
             raise ValueError(f'unknown mode {mode!r}; choose one of {", ".join(EVAL_MODES)}')
