@@ -1,9 +1,9 @@
 """ROS message ↔ numpy conversions for taco_node (camera images and audio chunks).
 
 ROS 2 ``cv_bridge`` is not installable from PyPI, so images are converted here, straight from the
-``sensor_msgs/Image`` definition: ``data`` holds ``height`` rows of ``step`` bytes each, and the
-first ``width * channels`` bytes of a row are the pixels (the rest is padding). Only 8-bit
-encodings are accepted, so ``is_bigendian`` does not matter.
+``sensor_msgs/Image`` definition (row ``step`` and padding, ``is_bigendian`` for 16-bit data); the
+encodings cameras publish (8/16-bit RGB, BGR, mono, Bayer, 4:2:2 YUV) are read by
+:mod:`taco_ros.camera_encodings`.
 
 Audio arrives in several message layouts (ros.md §4); each decoder returns an
 :class:`AudioChunkData` holding float32 frames [n, channels] in [-1, 1], the sample rate and the
@@ -22,7 +22,10 @@ from typing import Any
 
 import numpy as np
 
-# encoding → (channels, how to get RGB from the pixel array)
+from taco_ros import camera_encodings
+from taco_ros.audio_formats import RawAudioFormat, decode_pcm
+
+# Encodings numpy_to_image writes → channels (camera_encodings.SUPPORTED_ENCODINGS are read).
 IMAGE_ENCODINGS: dict[str, int] = {'rgb8': 3, 'bgr8': 3, 'rgba8': 4, 'bgra8': 4, 'mono8': 1}
 COMPRESSED_FORMATS = ('jpeg', 'jpg', 'png')
 
@@ -41,16 +44,6 @@ FLAVOUR_ROS_DRIVERS = 'ros_drivers'
 
 # PortAudio sample-format codes used by mgonzs13/audio_common's AudioInfo.format.
 PA_FLOAT32, PA_INT32, PA_INT16, PA_INT8, PA_UINT8 = 1, 2, 8, 16, 32
-
-# GStreamer raw formats that ros-drivers/audio_common may announce in AudioInfo.sample_format:
-# numpy dtype and full-scale value (offset for unsigned 8-bit).
-GST_SAMPLE_FORMATS: dict[str, tuple[str, float, float]] = {
-    'S8': ('i1', 128.0, 0.0), 'U8': ('u1', 128.0, 128.0),
-    'S16LE': ('<i2', 32768.0, 0.0), 'S16BE': ('>i2', 32768.0, 0.0),
-    'S32LE': ('<i4', 2.0 ** 31, 0.0), 'S32BE': ('>i4', 2.0 ** 31, 0.0),
-    'F32LE': ('<f4', 1.0, 0.0), 'F32BE': ('>f4', 1.0, 0.0),
-}
-RAW_CODINGS = ('wave', 'wav', 'raw', 'pcm', '')
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,49 +66,29 @@ def sec_to_stamp(seconds: float) -> Any:
 # images
 def image_array_to_rgb(
     encoding: str, height: int, width: int, step: int, data: Any, max_pixels: int | None = None,
+    is_bigendian: bool = False,
 ) -> np.ndarray:
     """Pixels of a raw ``sensor_msgs/Image`` as a contiguous uint8 RGB array [height, width, 3].
 
     ``data`` is anything exposing the buffer protocol (the message's ``array('B')`` or bytes).
-    Raises ValueError naming the problem for an unknown encoding, a ``step`` shorter than a row,
-    data shorter than ``height`` rows, zero size or more than ``max_pixels`` pixels.
+    Raises ValueError naming the problem for an unsupported encoding, a ``step`` shorter than a
+    row, data shorter than ``height`` rows, zero size or more than ``max_pixels`` pixels.
     """
-    return _to_rgb(_pixel_view(encoding, height, width, step, data, max_pixels), encoding)
+    view = _pixel_view(encoding, height, width, step, data, max_pixels, is_bigendian)
+    return _to_rgb(view, encoding)
 
 
 def _pixel_view(encoding: str, height: int, width: int, step: int, data: Any,
-                max_pixels: int | None) -> np.ndarray:
+                max_pixels: int | None, is_bigendian: bool = False) -> np.ndarray:
     """Checked, zero-copy [height, width, channels] view of the message bytes."""
-    if encoding not in IMAGE_ENCODINGS:
-        raise ValueError(
-            f'unsupported image encoding {encoding!r}; expected one of {sorted(IMAGE_ENCODINGS)}')
-    channels = IMAGE_ENCODINGS[encoding]
-    if height <= 0 or width <= 0:
-        raise ValueError(f'image has no pixels ({width}x{height})')
-    if max_pixels is not None and height * width > max_pixels:
-        raise ValueError(
-            f'image {width}x{height} has {height * width} pixels, more than max_image_pixels '
-            f'= {max_pixels}')
-    row_bytes = width * channels
-    if step < row_bytes:
-        raise ValueError(
-            f'image step {step} is shorter than one row of {width} {encoding} pixels '
-            f'({row_bytes} bytes)')
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    # The definition says len(data) == step * height; trailing padding of the last row is optional
-    # for some drivers, so only the bytes that hold pixels are required.
-    needed = (height - 1) * step + row_bytes
-    if buffer.size < needed:
-        raise ValueError(
-            f'image data has {buffer.size} bytes, {height} rows of step {step} need '
-            f'{step * height}')
-    return np.lib.stride_tricks.as_strided(
-        buffer, shape=(height, width, channels), strides=(step, channels, 1), writeable=False)
+    return camera_encodings.pixel_view(encoding, height, width, step, data, max_pixels,
+                                       is_bigendian)
 
 
 def check_image(msg: Any, max_pixels: int | None = None) -> None:
     """Raise ValueError if a raw ``sensor_msgs/Image`` cannot be converted (no pixel copy)."""
-    _pixel_view(msg.encoding, int(msg.height), int(msg.width), int(msg.step), msg.data, max_pixels)
+    _pixel_view(msg.encoding, int(msg.height), int(msg.width), int(msg.step), msg.data, max_pixels,
+                bool(msg.is_bigendian))
 
 
 def check_compressed(msg: Any) -> None:
@@ -126,24 +99,14 @@ def check_compressed(msg: Any) -> None:
 
 
 def _to_rgb(pixels: np.ndarray, encoding: str) -> np.ndarray:
-    if encoding == 'rgb8':
-        rgb = pixels
-    elif encoding == 'bgr8':
-        rgb = pixels[..., ::-1]
-    elif encoding == 'rgba8':
-        rgb = pixels[..., :3]
-    elif encoding == 'bgra8':
-        rgb = pixels[..., 2::-1]
-    else:  # mono8
-        rgb = np.repeat(pixels, 3, axis=2)
-    # Always copy: the result must not alias the message buffer (the message may be reused).
-    return np.array(rgb, dtype=np.uint8, order='C', copy=True)
+    return camera_encodings.to_rgb8(pixels, encoding)
 
 
 def image_to_rgb(msg: Any, max_pixels: int | None = None) -> np.ndarray:
     """``sensor_msgs/Image`` → uint8 RGB [H, W, 3] (see :func:`image_array_to_rgb`)."""
     return image_array_to_rgb(
-        msg.encoding, int(msg.height), int(msg.width), int(msg.step), msg.data, max_pixels)
+        msg.encoding, int(msg.height), int(msg.width), int(msg.step), msg.data, max_pixels,
+        bool(msg.is_bigendian))
 
 
 def compressed_to_rgb(msg: Any, max_pixels: int | None = None) -> np.ndarray:
@@ -294,7 +257,16 @@ def decode_multiarray(msg: Any, sample_rate: int, channels: int) -> AudioChunkDa
 
 
 def decode_audio_common_stamped(msg: Any) -> AudioChunkData:
-    """mgonzs13 ``audio_common_msgs/AudioStamped`` (PortAudio format codes) → chunk."""
+    """mgonzs13 ``audio_common_msgs/AudioStamped`` (PortAudio format codes) → chunk.
+
+    The capturer stamps each chunk with ``now()`` taken just before its blocking read: the stamp
+    is about the first sample's capture time, late by the device's input latency, and jitters
+    with the driver's period; when the capture loop falls behind, an already buffered chunk is
+    stamped late by up to the backlog. Use a ``stamp_tolerance`` of at least half a chunk
+    (chunk / rate / 2; the ring buffer caps it there) so such stamps stay contiguous: the
+    default 0.02 s covers the capturer's default 512 frames at 16 kHz (0.016 s); 4096-frame
+    chunks at 16 kHz need 0.128 s.
+    """
     info = msg.audio.info
     data = msg.audio.audio_data
     rate = _check_rate(info.rate)
@@ -315,44 +287,27 @@ def decode_audio_common_stamped(msg: Any) -> AudioChunkData:
     return AudioChunkData(frames, rate, _header_stamp(msg))
 
 
-@dataclass
-class RawAudioInfo:
-    """Stream description for ros-drivers ``AudioData`` (from its ``audio_info`` topic)."""
-
-    sample_rate: int = 16000
-    channels: int = 1
-    sample_format: str = 'S16LE'
-    coding_format: str = 'wave'
-
-    @classmethod
-    def from_msg(cls, msg: Any) -> RawAudioInfo:
-        return cls(int(msg.sample_rate), int(msg.channels), str(msg.sample_format),
-                   str(msg.coding_format))
+# Stream description for ros-drivers ``AudioData`` (the content of its ``audio_info`` topic).
+RawAudioInfo = RawAudioFormat
 
 
-def decode_audio_data(msg: Any, info: RawAudioInfo) -> AudioChunkData:
-    """ros-drivers ``AudioData`` or ``AudioDataStamped`` (raw bytes) → chunk.
+def audio_data_bytes(msg: Any) -> Any:
+    """The raw byte buffer of a ros-drivers ``AudioData`` or ``AudioDataStamped``."""
+    stamped = hasattr(msg, 'audio') and hasattr(msg, 'header')
+    return msg.audio.data if stamped else msg.data
+
+
+def decode_audio_data(msg: Any, info: RawAudioFormat) -> AudioChunkData:
+    """ros-drivers ``AudioData`` or ``AudioDataStamped`` (raw bytes) → chunk, read as ``info`` says.
 
     Only uncompressed streams can be decoded: ``coding_format`` must be wave/raw (the capture
-    node's default is mp3; run it with ``format:=wave``).
+    node's default is mp3; run it with ``format:=wave``). Raises ValueError naming the reason for
+    mp3, an unsupported ``sample_format`` or a byte count that is not whole frames. Decode with
+    the stream's own ``AudioInfo`` (see :class:`taco_ros.audio_formats.RawAudioGate`), never with
+    guessed defaults.
     """
-    if info.coding_format.lower() not in RAW_CODINGS:
-        raise ValueError(
-            f'audio coding_format {info.coding_format!r} is compressed; publish raw PCM '
-            '(audio_capture format:=wave)')
-    if info.sample_format.upper() not in GST_SAMPLE_FORMATS:
-        raise ValueError(
-            f'unsupported sample_format {info.sample_format!r}; expected one of '
-            f'{sorted(GST_SAMPLE_FORMATS)}')
-    dtype, scale, offset = GST_SAMPLE_FORMATS[info.sample_format.upper()]
     stamped = hasattr(msg, 'audio') and hasattr(msg, 'header')
-    raw = msg.audio.data if stamped else msg.data
-    buffer = np.frombuffer(raw, dtype=np.uint8)
-    width = np.dtype(dtype).itemsize
-    if buffer.size % width:
-        raise ValueError(f'{buffer.size} bytes are not whole {info.sample_format} samples')
-    values = buffer.view(dtype)
-    frames = interleaved_to_frames(values, int(info.channels), scale, offset)
+    frames = decode_pcm(audio_data_bytes(msg), info)
     return AudioChunkData(frames, _check_rate(info.sample_rate),
                           _header_stamp(msg) if stamped else None)
 

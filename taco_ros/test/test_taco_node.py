@@ -406,7 +406,7 @@ def test_bad_input_corpus_is_reported_and_survived(shared: NodeHarness) -> None:
         wrong_step.step = 10
         bad_images.append(wrong_step)
         unknown = image_msg(frame, now)
-        unknown.encoding = 'yuv422_yuy2'
+        unknown.encoding = 'nv21'   # 4:2:0, not read (camera_encodings)
         bad_images.append(unknown)
         short = image_msg(frame, now)
         short.data = bytes(short.data)[:1000]
