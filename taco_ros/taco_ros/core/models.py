@@ -41,17 +41,25 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from taco_ros.core.contract import PipelineConfig
 from taco_ros.core.model_files import (
+    ModelFileNotFound,
     find_model_dir,
     find_model_file,
     load_state_dict_file,
     model_search_dirs,
 )
+
+if TYPE_CHECKING:
+    from taco_ros.core.audio_encoder import AudioEncoder
+    from taco_ros.core.clip_backbone import ClipBackbone
+    from taco_ros.core.fcclip import FCCLIP
+    from taco_ros.core.vocabulary import TextEncoders
 
 _LOG = logging.getLogger(__name__)
 DEFAULT_MODEL_CONFIG = 'taco_convnext_large'
@@ -385,14 +393,13 @@ def compare_clip_copies(backbone: nn.Module, checkpoint: Mapping[str, torch.Tens
     return check
 
 
-def load_segmenter(cfg: Mapping[str, Any], config: Any, backbone: Any,
+def load_segmenter(cfg: Mapping[str, Any], config: PipelineConfig, backbone: Any,
                    notes: list[str]) -> Any:
     """The FC-CLIP head on the shared ``backbone`` (None when its file is missing and the mode can
     fall back to the coarse map; ``notes`` then says so). Only ``sem_seg_head.*`` and
     ``void_embedding.*`` are loaded (``criterion.*`` is training state, ``backbone.*`` the CLIP
     copy, see the module docstring)."""
     from taco_ros.core.fcclip import FCCLIPConfig, build_fcclip, load_state_into, read_checkpoint
-    from taco_ros.core.model_files import ModelFileNotFound
 
     file_id = cfg['files'].get('fcclip')
     if file_id is None:
@@ -444,18 +451,18 @@ def load_segmenter(cfg: Mapping[str, Any], config: Any, backbone: Any,
 class Models:
     """Everything a pipeline loads once.
 
-    backbone: the shared CLIP (ClipBackbone); audio: the CLAP audio side (AudioEncoder);
+    backbone: the shared CLIP; audio: the CLAP audio side;
     segmenter: the FC-CLIP head, or None (file missing: coarse maps only);
-    text: the text encoders (core.vocabulary.TextEncoders), or None when a bank file serves the
-        vocabulary and they are not kept;
+    text: the CLIP and CLAP text encoders, or None when a bank file serves the vocabulary and
+        they are not kept;
     notes: what a user should know about how these models run (e.g. a fallback);
     random_weights: some model has random weights (its output means nothing).
     """
 
-    backbone: Any
-    audio: Any
-    segmenter: Any
-    text: Any
+    backbone: ClipBackbone
+    audio: AudioEncoder
+    segmenter: FCCLIP | None
+    text: TextEncoders | None
     notes: list[str]
     random_weights: bool
 
@@ -481,14 +488,13 @@ class Models:
         self.backbone = self.audio = self.segmenter = self.text = None
 
 
-def create_models(config: Any, *, segmenter: bool = True) -> Models:
-    """The models of a pipeline configuration (core.contract.PipelineConfig), on the CPU.
+def create_models(config: PipelineConfig, *, segmenter: bool = True) -> Models:
+    """The models of a pipeline configuration, on the CPU.
 
     The text encoders are loaded when the vocabulary must be encoded (no ``anchors`` file) or kept
     (``keep_text_encoders``). ``segmenter=False`` skips FC-CLIP (``taco-ros anchors``).
     ``config.seed`` seeds random initialisations, so random-weight models are reproducible.
     """
-    from taco_ros.core.model_files import ModelFileNotFound
     from taco_ros.core.vocabulary import TextEncoders
 
     cfg = load_model_config(config.model_config)

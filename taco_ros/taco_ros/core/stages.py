@@ -22,13 +22,19 @@ import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from taco_ros.core.contract import PipelineConfig, SoundingObjectResult
+
+if TYPE_CHECKING:
+    from taco_ros.core.clip_backbone import ImageTokens
+    from taco_ros.core.conmf import AnchorBank, CoNMFConfig, CoNMFResult
+    from taco_ros.core.masks import MaskDecision
+    from taco_ros.core.models import Models
 
 PRECISION_DTYPES = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 # FC-CLIP masks are upsampled to the output size query by query; beyond this many pixels it is
@@ -79,7 +85,7 @@ class Stages:
     and FC-CLIP on CUDA ('fp32' | 'fp16' | 'bf16'); the solver always runs in float32.
     """
 
-    def __init__(self, models: Any, device: torch.device, precision: str = 'fp32') -> None:
+    def __init__(self, models: Models, device: torch.device, precision: str = 'fp32') -> None:
         self.models = models
         self.device = device
         self.precision = precision
@@ -114,7 +120,7 @@ class Stages:
 
     # ---------------------------------------------------------------- 1-2: encoders
     @torch.no_grad()
-    def encode_frame(self, frame: np.ndarray) -> Any:
+    def encode_frame(self, frame: np.ndarray) -> ImageTokens:
         """uint8 RGB [H, W, 3] → ImageTokens (X_I, token grid, backbone features)."""
         image = self.to_device(np.ascontiguousarray(frame)).permute(2, 0, 1)[None]
         with self.autocast():
@@ -136,8 +142,8 @@ class Stages:
         return AudioTokens(raw=raw, tokens=raw.clamp_min(0.0), spans=spans, segment=segment)
 
     # ---------------------------------------------------------------- 3: co-NMF
-    def solve(self, image: Any, audio: AudioTokens, bank: Any, config: Any,
-              warm_start: Any = None) -> Any:
+    def solve(self, image: ImageTokens, audio: AudioTokens, bank: AnchorBank, config: CoNMFConfig,
+              warm_start: CoNMFResult | None = None) -> CoNMFResult:
         """conmf.solve of one window (``config``: a CoNMFConfig) → CoNMFResult."""
         from taco_ros.core.conmf import solve
 
@@ -145,8 +151,8 @@ class Stages:
             return solve(image.tokens[0].float(), audio.tokens[0].float(), bank, config,
                          warm_start=warm_start)
 
-    def solve_video(self, images: Sequence[Any], audios: Sequence[AudioTokens], bank: Any,
-                    config: Any, temporal: bool) -> list[Any]:
+    def solve_video(self, images: Sequence[ImageTokens], audios: Sequence[AudioTokens],
+                    bank: AnchorBank, config: CoNMFConfig, temporal: bool) -> list[CoNMFResult]:
         """conmf.solve_batch over the frames of one video (cold starts; ``temporal``: the
         paper's batch temporal term between consecutive frames)."""
         from taco_ros.core.conmf import solve_batch
@@ -157,13 +163,13 @@ class Stages:
                                bank, config, temporal=temporal)
 
     @staticmethod
-    def columns(result: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def columns(result: CoNMFResult, k: int) -> tuple[np.ndarray, np.ndarray]:
         """U_I[:, k] and U_A[:, k] on the host, in one transfer."""
         image = result.image_activations[:, k].float()
         both = torch.cat([image, result.audio_activations[:, k].float()]).cpu().numpy()
         return both[:image.numel()], both[image.numel():]
 
-    def choose_word(self, audio: AudioTokens, bank: Any, top_k: int) -> WordChoice:
+    def choose_word(self, audio: AudioTokens, bank: AnchorBank, top_k: int) -> WordChoice:
         """A-FC-CLIP: CLAP's clip embedding against the bank's CLAP text vectors picks the word;
         each token projected alone gives that word's per-token probability."""
         with torch.no_grad():
@@ -184,7 +190,7 @@ class Stages:
 
     # ---------------------------------------------------------------- 4: maps
     @torch.no_grad()
-    def semantic_maps(self, image: Any, factors: torch.Tensor,
+    def semantic_maps(self, image: ImageTokens, factors: torch.Tensor,
                       channels: Sequence[int] | None = None,
                       out_size: tuple[int, int] | None = None) -> torch.Tensor:
         """FC-CLIP's semantic maps [C, H, W] (on the device) of ``channels`` (None: all K) for
@@ -196,7 +202,7 @@ class Stages:
                                       channels=channels)[0].float()
 
     @torch.no_grad()
-    def semantic_map(self, image: Any, factors: torch.Tensor, k: int,
+    def semantic_map(self, image: ImageTokens, factors: torch.Tensor, k: int,
                      frame_shape: tuple[int, ...]) -> np.ndarray:
         """sem[k] at the frame's size (FC-CLIP post-processing to the output size), float32."""
         height, width = frame_shape[:2]
@@ -208,7 +214,7 @@ class Stages:
                                 align_corners=False)[0, 0]
         return sem.cpu().numpy()
 
-    def coarse_map(self, column: np.ndarray, image: Any, frame_shape: tuple[int, ...]) -> np.ndarray:
+    def coarse_map(self, column: np.ndarray, image: ImageTokens, frame_shape: tuple[int, ...]) -> np.ndarray:
         """U_I[:, k*] on the token grid, upsampled (bicubic) over the padded input, cropped to the
         image region and resized to the frame (the paper's unrefined map)."""
         from taco_ros.core.masks import coarse_score_map
@@ -250,7 +256,7 @@ def token_grid(column: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return np.asarray(column, dtype=np.float32).reshape(grid)
 
 
-def mask_decision(score_map: np.ndarray, config: PipelineConfig) -> Any:
+def mask_decision(score_map: np.ndarray, config: PipelineConfig) -> MaskDecision:
     """The node's mask rule: ``score_map > mask_threshold``, components smaller than
     ``min_component_area`` pixels removed (core.masks.decide_mask) → MaskDecision."""
     from taco_ros.core.masks import decide_mask
