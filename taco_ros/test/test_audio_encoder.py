@@ -3,6 +3,7 @@ spans, loading an msclap-layout checkpoint, and equality with msclap's own HTS-A
 
 from __future__ import annotations
 
+import logging
 import subprocess
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from taco_ros.core.audio_encoder import (
     token_spans,
 )
 from taco_ros.core.model_files import ModelFileNotFound
-from taco_ros.core.models import RANDOM_SUFFIX, create_clap, load_model_config
+from taco_ros.core.models import RANDOM_SUFFIX, create_clap, create_clap_text, load_model_config
 
 STEP = 7.0 / 32
 
@@ -233,6 +234,46 @@ def test_checkpoint_missing_weights_is_refused(tmp_path: Path):
         del state[key]
     torch.save({'model': state}, tmp_path / 'no_frontend.pth')
     assert create_clap('taco_tiny', checkpoint=tmp_path / 'no_frontend.pth').num_tokens == 64
+
+
+def test_unexpected_keys_are_logged_and_ignored_like_msclap(tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture):
+    """msclap loads its checkpoint non-strictly; keys the model lacks are named in the log and
+    skipped, the rest loads."""
+    gpt2_dir = ef.write_tiny_gpt2_dir(tmp_path / 'gpt2')
+    state = ef.clap_state_dict(gpt2_dir=gpt2_dir, seed=2)
+    state['audio_encoder.base.htsat.legacy_head.weight'] = torch.zeros(3)
+    state['caption_encoder.legacy_pooler.weight'] = torch.zeros(2)
+    state['training_step'] = torch.tensor(7)
+    path = tmp_path / 'extra.pth'
+    torch.save({'model': state}, path)
+    with caplog.at_level(logging.WARNING, logger='taco_ros.core.models'):
+        audio = create_clap('taco_tiny', checkpoint=path)
+        text = create_clap_text('taco_tiny', checkpoint=path, gpt2_dir=gpt2_dir)
+    for key in ('base.htsat.legacy_head.weight', 'legacy_pooler.weight', 'training_step'):
+        assert key in caplog.text
+    assert 'ignored' in caplog.text
+    assert torch.equal(audio.state_dict()['projection.linear1.weight'],
+                       state['audio_encoder.projection.linear1.weight'])
+    assert torch.equal(text.state_dict()['projection.linear1.weight'],
+                       state['caption_encoder.projection.linear1.weight'])
+
+
+def test_mis_shaped_or_missing_keys_are_still_refused(tmp_path: Path):
+    state = ef.clap_state_dict(seed=1)
+    weight = state['audio_encoder.projection.linear1.weight']
+    state['audio_encoder.projection.linear1.weight'] = torch.zeros(weight.shape[0],
+                                                                   weight.shape[1] + 1)
+    state['audio_encoder.extra'] = torch.zeros(1)   # ignored; the shape problem still refuses
+    torch.save({'model': state}, tmp_path / 'shape.pth')
+    with pytest.raises(ValueError, match=r'shape mismatch: projection\.linear1\.weight'):
+        create_clap('taco_tiny', checkpoint=tmp_path / 'shape.pth')
+    gpt2_dir = ef.write_tiny_gpt2_dir(tmp_path / 'gpt2')
+    state = ef.clap_state_dict(gpt2_dir=gpt2_dir, seed=1)
+    del state['caption_encoder.base.ln_f.weight']
+    torch.save({'model': state}, tmp_path / 'no_ln.pth')
+    with pytest.raises(ValueError, match=r'missing: base\.ln_f\.weight'):
+        create_clap_text('taco_tiny', checkpoint=tmp_path / 'no_ln.pth', gpt2_dir=gpt2_dir)
 
 
 def test_frontend_reproduces_msclap_module_config():

@@ -3,6 +3,7 @@ the real file path (tiny configuration) and the full ConvNeXt-L shapes (random w
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import encoder_fixtures as ef
@@ -106,6 +107,57 @@ def test_clip_weights_from_an_fcclip_checkpoint(backbone: ClipBackbone, tmp_path
     loaded = create_clip('taco_tiny', weights=tmp_path / 'fcclip.pth')
     key = 'clip_model.visual.trunk.stages.2.blocks.0.mlp.fc1.weight'
     assert torch.equal(loaded.state_dict()[key], backbone.state_dict()[key])
+
+
+def test_compare_clip_copies_names_the_differing_tensors(backbone: ClipBackbone):
+    from taco_ros.core.models import compare_clip_copies
+
+    state = {f'backbone.{k}': v.clone() for k, v in backbone.state_dict().items()}
+    check = compare_clip_copies(backbone, state, 'copy')
+    assert check.identical and check.compared == len(state) and 'equals' in check.summary()
+    key = 'clip_model.visual.head.mlp.fc1.weight'
+    state[f'backbone.{key}'] += 1e-3
+    check = compare_clip_copies(backbone, state, 'copy')
+    assert not check.identical and check.differing == [key]
+    assert check.largest_difference == pytest.approx(1e-3, rel=1e-2)
+    assert key in check.summary()
+    nothing = compare_clip_copies(backbone, {'sem_seg_head.x': torch.zeros(1)}, 'head only')
+    assert nothing.compared == 0 and not nothing.identical and 'nothing compared' in nothing.summary()
+
+
+def test_one_clip_in_memory_and_fcclip_copy_checked_at_load(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    """create_models loads the CLIP file once for X_I and FC-CLIP, and compares the FC-CLIP
+    checkpoint's own CLIP copy with it: equal copies are logged, a differing copy is logged with
+    its keys and becomes a pipeline note."""
+    from node_fixtures import isolate_model_search, write_tiny_fcclip
+    from safetensors.torch import load_file
+
+    from taco_ros.core.contract import PipelineConfig
+    from taco_ros.core.models import create_models
+
+    isolate_model_search(monkeypatch, tmp_path)
+    same = tmp_path / 'same'
+    files = ef.write_tiny_model_files(same, seed=0)
+    write_tiny_fcclip(same, seed=0)            # FC-CLIP trained on (a copy of) this CLIP
+    config = PipelineConfig(model_config='taco_tiny', model_dir=str(same), device='cpu',
+                            keep_text_encoders=False, anchors=None)
+    with caplog.at_level(logging.INFO, logger='taco_ros.core.models'):
+        models = create_models(config)
+    assert models.notes == [] and 'its CLIP copy equals the CLIP file on all' in caplog.text
+    assert models.segmenter.backbone is models.backbone
+    caplog.clear()
+    other = tmp_path / 'other'
+    ef.write_tiny_model_files(other, seed=0)
+    write_tiny_fcclip(other, seed=1)           # another CLIP inside the FC-CLIP file
+    with caplog.at_level(logging.INFO, logger='taco_ros.core.models'):
+        models = create_models(config.copy(model_dir=str(other)))
+    assert len(models.notes) == 1 and 'differs from the CLIP file' in models.notes[0]
+    assert 'visual.trunk.stem.0.weight' in caplog.text
+    # The CLIP in memory is the CLIP file's, whatever FC-CLIP's copy holds.
+    clip_file = load_file(str(files['clip']))
+    key = 'visual.trunk.stem.0.weight'
+    assert torch.equal(models.backbone.state_dict()[f'clip_model.{key}'], clip_file[key])
 
 
 def test_text_tower_matches_a_plainly_loaded_open_clip(backbone: ClipBackbone, model_dir: Path):

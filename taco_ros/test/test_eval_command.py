@@ -347,3 +347,31 @@ def test_command_errors(tiny, tiny_config, tmp_path, monkeypatch, capsys):
     assert _eval('--benchmark', 's4', '--root', str(tiny['s4']['root']), '--model-config', tiny_config,
                  '--model-dir', str(tmp_path / 'models')) == 2
     assert 'taco-tiny' in capsys.readouterr().err
+
+
+def test_paper_mode_needs_fcclip_and_coarse_mode_does_not(tiny, tiny_config, tmp_path, monkeypatch):
+    """Without the FC-CLIP file the pipeline degrades to coarse maps; the eval refuses to call that
+    'paper', and its coarse mode runs on the same stages."""
+    from encoder_fixtures import write_tiny_model_files
+
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    monkeypatch.delenv('TACO_MODEL_DIR', raising=False)
+    models = tmp_path / 'models'
+    write_tiny_model_files(models)
+    benchmark = load_benchmark('s4', tiny['s4']['root'], limit=2)
+    options = dict(model_config=tiny_config, model_dir=str(models), device='cpu',
+                   solver_overrides={'max_steps': 5, 'kmeans_restarts': 1})
+    with pytest.raises(ValueError, match='needs the FC-CLIP checkpoint'):
+        rn.PipelineEngine(benchmark, mode='paper', **options)
+    engine = rn.PipelineEngine(benchmark, mode='coarse', **options)
+    try:
+        unit = benchmark.samples[:2]
+        clips = [rn.Clip(*rn.load_audio(s.audio), start=float(i)) for i, s in enumerate(unit)]
+        outputs = engine.run_video([benchmark.load_image(s) for s in unit], clips, temporal=True)
+    finally:
+        engine.close()
+    assert not engine.random_weights
+    for output in outputs:
+        assert output.coarse.shape == (4, 4) and output.score is output.coarse
+        assert output.label in engine.vocabulary
+        assert set(output.timings) == {'image_encoder', 'audio_encoder', 'conmf', 'segmenter', 'total'}

@@ -121,6 +121,9 @@ def test_modes(pipeline: TacoPipeline, mode: str) -> None:
     if mode == 'baseline':
         assert result.steps == 0 and result.timings['conmf'] == 0.0
         assert result.labels[0] == pipeline.vocabulary[result.k_star]
+        assert result.coarse_map is None                       # no co-NMF, no U_I
+    else:
+        assert result.coarse_map is not None
     if mode == 'coarse':
         assert 0.0 <= result.score_map.min() and result.score_map.max() <= 1.0
 
@@ -157,7 +160,26 @@ def test_silence_gate(pipeline: TacoPipeline) -> None:
     check_result(result, frame, window)
     assert not result.sounding and result.objects == [] and not result.mask.any()
     assert result.steps == 0 and result.k_star == -1 and result.score_map is None
+    assert result.coarse_map is None
     assert not result.activation.any()
+
+
+def test_coarse_map_is_u_i_of_k_star_on_the_token_grid(pipeline: TacoPipeline) -> None:
+    """TacoResult.coarse_map is U_I[:, k*] on the token grid (what the eval scores as the paper's
+    unrefined map); mode coarse's score map is that grid upsampled to the frame."""
+    frame, window = make_frame(seed=4), noise_window(seed=4)
+    pipeline.update(mode='coarse', always_segment=True)
+    try:
+        pipeline.reset()
+        result = pipeline.process(frame, window)
+    finally:
+        pipeline.update(mode='full', always_segment=False)
+    image = pipeline.stages.encode_frame(frame)
+    grid = result.coarse_map
+    assert grid.shape == image.grid == (4, 4) and grid.dtype == np.float32
+    assert np.all((grid > 0) & (grid < 1))                     # sigmoid activations
+    upsampled = pipeline.stages.coarse_map(grid.ravel(), image, frame.shape)
+    np.testing.assert_array_equal(upsampled, result.score_map)
 
 
 def test_any_rate_stereo_and_history(pipeline: TacoPipeline) -> None:
@@ -230,9 +252,12 @@ def test_bad_inputs(pipeline: TacoPipeline, frame, window, message: str) -> None
 
 
 def test_bad_configs() -> None:
+    from taco_ros.core.pipeline import validate_config
+
+    # Whether the CUDA device exists needs torch: the pipeline's check, not PipelineConfig's.
     with pytest.raises(ValueError, match='CUDA is not available' if not torch.cuda.is_available()
                        else 'only'):
-        PipelineConfig(device='cuda:7' if torch.cuda.is_available() else 'cuda').validate()
+        validate_config(PipelineConfig(device='cuda:7' if torch.cuda.is_available() else 'cuda'))
     with pytest.raises(ValueError, match='device'):
         PipelineConfig(device='tpu').validate()
     with pytest.raises(ValueError, match='precision'):

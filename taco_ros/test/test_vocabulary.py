@@ -13,6 +13,8 @@ import torch
 from taco_ros.core.models import create_clap, create_clap_text, create_clip
 from taco_ros.core.vocabulary import (
     AnchorBankMismatch,
+    TextEncoders,
+    Vocabulary,
     audioset_labels,
     build_anchor_bank,
     load_anchor_bank,
@@ -153,6 +155,46 @@ def test_random_weights_are_marked_in_the_bank(model_dir: Path, encoders: dict, 
     with pytest.raises(ValueError, match='different checkpoints'):
         random_audio = create_clap('taco_tiny', model_dir=tmp_path, allow_random_weights=True)
         build_anchor_bank(['dog'], encoders['clip'], encoders['text'], random_audio)
+
+
+def test_pipeline_and_bank_files_encode_words_alike(encoders: dict, bank_file: Path):
+    """The pipeline's text encoders (all new words in one pass, cached) and a bank file (64 per
+    pass) give the same vectors: one encoding path."""
+    text = TextEncoders(encoders['clip'], encoders['text'], encoders['audio'])
+    image, audio = text.encode(WORDS)
+    data = read_anchor_bank(bank_file)
+    assert torch.equal(image, data.clip_text) and torch.equal(audio, data.clap_text)
+    again = text.encode(list(reversed(WORDS)))                   # from the cache, in the new order
+    assert torch.equal(again[0], image.flip(0)) and torch.equal(again[1], audio.flip(0))
+
+
+def test_vocabulary_from_encoders_or_a_bank_file(model_dir: Path, bank_file: Path):
+    from taco_ros.core.contract import PipelineConfig
+    from taco_ros.core.models import create_models
+
+    config = PipelineConfig(model_config='taco_tiny', model_dir=str(model_dir), device='cpu')
+    cpu = torch.device('cpu')
+    models = create_models(config, segmenter=False)
+    assert models.segmenter is None and not models.random_weights
+    vocabulary = Vocabulary(models, cpu, words=WORDS[:2])
+    assert vocabulary.words == WORDS[:2] and vocabulary.bank.image.shape == (2, 64)
+    vocabulary.set(['kettle', 'blender'])                         # encoded on demand
+    assert vocabulary.problem(['kettle']) == 'the vocabulary needs at least 2 words'
+    models.drop_text_encoders()
+    assert not models.backbone.has_text_tower
+    assert 'freed' in vocabulary.problem(['kettle', 'blender'])
+    # A bank file: its words by default, any subset without text encoders, nothing else.
+    models = create_models(config.copy(anchors=str(bank_file), keep_text_encoders=False),
+                           segmenter=False)
+    assert models.text is None and not models.backbone.has_text_tower
+    from_file = Vocabulary(models, cpu, anchors=str(bank_file))
+    assert from_file.words == WORDS
+    from_file.set(['Speech', 'Dog'])
+    full = load_anchor_bank(bank_file, None)
+    assert torch.equal(from_file.bank.image, full.image[[3, 0]])
+    assert 'not in the anchor bank' in from_file.problem(['Dog', 'kettle'])
+    from_file.set(None)
+    assert from_file.words == WORDS
 
 
 def test_cli_build_and_show(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):

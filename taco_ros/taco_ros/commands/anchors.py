@@ -32,25 +32,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from taco_ros.core.contract import PipelineConfig
     from taco_ros.core.model_files import ModelFileNotFound
-    from taco_ros.core.models import create_clap, create_clap_text, create_clip, load_model_config
-    from taco_ros.core.vocabulary import (
-        audioset_labels,
-        build_anchor_bank,
-        read_word_list,
-        save_anchor_bank,
-    )
+    from taco_ros.core.models import create_models
+    from taco_ros.core.pipeline import resolve_device
+    from taco_ros.core.vocabulary import audioset_labels, read_word_list, save_anchor_bank
 
     try:
-        cfg = load_model_config(args.model_config)
         words = audioset_labels() if args.audioset else read_word_list(args.words)
-        clip = create_clip(cfg, model_dir=args.model_dir, device=args.device)
-        audio = create_clap(cfg, model_dir=args.model_dir, device=args.device)
-        text = create_clap_text(cfg, model_dir=args.model_dir, device=args.device)
+        device = resolve_device(args.device)
+        config = PipelineConfig(model_config=args.model_config, model_dir=args.model_dir)
+        # The same factory as the node (without FC-CLIP, which a bank does not need).
+        text = create_models(config, segmenter=False).text.to(device)
     except (ModelFileNotFound, ValueError, OSError) as exc:
         print(f'error: {exc}')
         return 1
-    bank = build_anchor_bank(words, clip, text, audio, batch_size=args.batch_size)
+    bank = text.bank_data(words, batch_size=args.batch_size)
     path = save_anchor_bank(bank, args.out)
     print(f'wrote {path}: {len(bank.words)} words, CLIP {tuple(bank.clip_text.shape)}, '
           f'CLAP {tuple(bank.clap_text.shape)}, models {bank.model_ids}')

@@ -1,4 +1,5 @@
-"""CLAP-2023 audio tokens X_A (method.md §2.3) and the CLAP text encoder for anchor banks (§3).
+"""CLAP-2023 audio tokens X_A and the CLAP text encoder for anchor banks (docs/method.md: audio
+tokens, anchor bank).
 
 Built from msclap's module classes (``HTSAT_Swin_Transformer``, ``Projection``) without its
 ``CLAPWrapper``, which downloads weights at construction. Weights come from a local

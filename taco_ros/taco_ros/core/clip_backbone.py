@@ -1,7 +1,7 @@
 """One frozen OpenCLIP ConvNeXt shared by the image tokens X_I and the FC-CLIP segmenter.
 
-TACO (method.md §2.1–2.2) keeps two ConvNeXt-L copies: its own CLIP for X_I and FC-CLIP's
-backbone. Both compute the same trunk on the same 768×768 padded frame, so here a single
+TACO (docs/method.md, image tokens) keeps two ConvNeXt-L copies: its own CLIP for X_I and
+FC-CLIP's backbone. Both compute the same trunk on the same 768×768 padded frame, so here a single
 ``ClipBackbone`` runs the trunk once per frame and hands
 
 * ``res2..res5`` and ``clip_vis_dense`` to the segmenter (FC-CLIP's ``CLIP`` backbone outputs), and
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# FC-CLIP's PIXEL_MEAN / PIXEL_STD: the OpenAI CLIP mean/std on the 0..255 scale (method.md §2.2).
+# FC-CLIP's PIXEL_MEAN / PIXEL_STD: the OpenAI CLIP mean/std on the 0..255 scale.
 PIXEL_MEAN = (122.7709383, 116.7460125, 104.09373615)
 PIXEL_STD = (68.5005327, 66.6321579, 70.32316305)
 
@@ -143,7 +143,7 @@ class ClipBackbone(nn.Module):
         x = images.to(device=self.pixel_mean.device, dtype=torch.float32)
         h, w = self.resized_size(images.shape[-2], images.shape[-1])
         if (h, w) != tuple(images.shape[-2:]):
-            # TACO's loader: bilinear, align_corners=True, no antialias (method.md §2.2).
+            # TACO's loader: bilinear, align_corners=True, no antialias (docs/method.md).
             x = F.interpolate(x, size=(h, w), mode='bilinear', align_corners=True)
         x = (x - self.pixel_mean) / self.pixel_std
         pad_h, pad_w = self.padded_size(images.shape[-2], images.shape[-1])
@@ -211,6 +211,27 @@ class ClipBackbone(nn.Module):
             raise RuntimeError(
                 'the CLIP text tower was dropped; build anchor banks before drop_text_tower()')
         return self.clip_model.encode_text(token_ids).float()
+
+    def text_tower_to(self, device: str | torch.device) -> None:
+        """Move only the text tower (it runs when a vocabulary is encoded, not per window)."""
+        if not self.has_text_tower:
+            return
+        model = self.clip_model
+        for name in ('transformer', 'token_embedding', 'ln_final'):
+            getattr(model, name).to(device)
+        for name in ('positional_embedding', 'text_projection'):
+            tensor = getattr(model, name)
+            if isinstance(tensor, nn.Parameter):
+                tensor.data = tensor.data.to(device)
+        if getattr(model, 'attn_mask', None) is not None:
+            model.attn_mask = model.attn_mask.to(device)
+
+    @property
+    def text_device(self) -> torch.device:
+        """Where the text tower's weights are (tokens must go there)."""
+        if not self.has_text_tower:
+            raise RuntimeError('the CLIP text tower was dropped')
+        return self.clip_model.token_embedding.weight.device
 
     def drop_text_tower(self) -> None:
         """Free the CLIP text transformer (~120M parameters for ConvNeXt-L) once the bank is built.

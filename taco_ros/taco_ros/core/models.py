@@ -1,4 +1,6 @@
-"""Models as configuration data, one loader (in the spirit of open_clip's factory).
+"""The one model factory: :func:`create_models` turns a PipelineConfig into the models of a pipeline.
+
+Models are configuration data with one loader (in the spirit of open_clip's factory).
 
 A model configuration is a JSON file in ``taco_ros/model_configs/`` (or any path) with sections
 
@@ -13,32 +15,53 @@ A model configuration is a JSON file in ``taco_ros/model_configs/`` (or any path
 
 ``taco_convnext_large`` is the paper setting; ``taco_tiny`` has the same structure at toy size.
 
-Loading never downloads and never runs pickled code. Random weights are used only when the caller
-says ``allow_random_weights=True`` and gives no file; the resulting modules carry a ``model_id``
-ending in ``+random-init`` so that nothing built from them (an anchor bank) passes for the real
-model.
+Every file is found through the one registry (core/model_files.py). Loading never downloads and
+never runs pickled code. Random weights are used only when the caller says
+``allow_random_weights=True`` and gives no file; the resulting modules carry a ``model_id`` ending
+in ``+random-init`` so that nothing built from them (an anchor bank) passes for the real model.
+
+One CLIP in memory. TACO runs FC-CLIP on the FC-CLIP checkpoint's own copy of CLIP
+(``backbone.clip_model.*``) and takes X_I from the hub CLIP's per-token head. Here one
+:class:`~taco_ros.core.clip_backbone.ClipBackbone`, loaded from the hub CLIP file (``files.clip``),
+serves both: that file is needed anyway for the per-token head and the text tower (anchor banks),
+and FC-CLIP freezes CLIP while training, so its copy should equal the hub weights. The FC-CLIP
+checkpoint's ``backbone.*`` part is therefore not loaded; when both files are present the two
+copies are compared tensor by tensor at load time (:func:`compare_clip_copies`) and the outcome is
+logged (a difference also becomes a pipeline note, because FC-CLIP's head then sees a trunk other
+than the one it was trained on).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from taco_ros.core.contract import PipelineConfig
 from taco_ros.core.model_files import (
+    ModelFileNotFound,
     find_model_dir,
     find_model_file,
     load_state_dict_file,
     model_search_dirs,
 )
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / 'model_configs'
+if TYPE_CHECKING:
+    from taco_ros.core.audio_encoder import AudioEncoder
+    from taco_ros.core.clip_backbone import ClipBackbone
+    from taco_ros.core.fcclip import FCCLIP
+    from taco_ros.core.vocabulary import TextEncoders
+
+_LOG = logging.getLogger(__name__)
 DEFAULT_MODEL_CONFIG = 'taco_convnext_large'
 RANDOM_SUFFIX = '+random-init'
 _REQUIRED_SECTIONS = {
@@ -50,9 +73,15 @@ _REQUIRED_SECTIONS = {
 
 
 # -- configurations ---------------------------------------------------------------------------
+def _packaged_configs() -> Any:
+    """The package's model_configs directory (an importlib.resources Traversable)."""
+    return resources.files('taco_ros').joinpath('model_configs')
+
+
 def list_model_configs() -> list[str]:
     """Names of the packaged model configurations."""
-    return sorted(p.stem for p in CONFIG_DIR.glob('*.json'))
+    return sorted(p.name[:-len('.json')] for p in _packaged_configs().iterdir()
+                  if p.name.endswith('.json'))
 
 
 def load_model_config(name_or_path: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
@@ -62,15 +91,15 @@ def load_model_config(name_or_path: str | os.PathLike | Mapping[str, Any]) -> di
         cfg = copy.deepcopy(dict(name_or_path))
     else:
         text = str(name_or_path)
-        path = Path(text).expanduser()
+        path: Any = Path(text).expanduser()
+        name = path.stem
         if not (text.endswith('.json') or path.is_file()):
-            path = CONFIG_DIR / f'{text}.json'
+            path, name = _packaged_configs().joinpath(f'{text}.json'), text
         if not path.is_file():
             raise ValueError(f'unknown model config {text!r}: not a file, and not one of '
                              f'{", ".join(list_model_configs())}')
-        with open(path, encoding='utf-8') as stream:
-            cfg = json.load(stream)
-        cfg.setdefault('name', path.stem)
+        cfg = json.loads(path.read_text(encoding='utf-8'))
+        cfg.setdefault('name', name)
     _validate(cfg)
     return cfg
 
@@ -105,25 +134,33 @@ def _strip_prefix(state: Mapping[str, Any], prefixes: tuple[str, ...]) -> dict[s
     return dict(state)
 
 
+def _show_keys(keys: list[str]) -> str:
+    more = f' (+{len(keys) - 8} more)' if len(keys) > 8 else ''
+    return ', '.join(keys[:8]) + more
+
+
 def load_weights(module: nn.Module, state: Mapping[str, Any], source: str,
                  may_be_missing: Callable[[str], bool] = lambda _: False,
-                 assign: bool = False) -> None:
+                 assign: bool = False, ignore_unexpected: bool = False) -> None:
     """Load ``state`` into ``module`` with a readable error on any mismatch.
 
     Keys the module has but ``state`` lacks are an error unless ``may_be_missing(key)`` (buffers
-    that are recomputed from the config); keys ``state`` has but the module lacks are an error;
-    so is any shape mismatch. Floating tensors are cast to float32.
+    that are recomputed from the config); so is any shape mismatch. Keys ``state`` has but the
+    module lacks are an error, or with ``ignore_unexpected`` logged and skipped (msclap loads its
+    checkpoints non-strictly). Floating tensors are cast to float32.
     """
     expected = module.state_dict()
     missing = [k for k in expected if k not in state and not may_be_missing(k)]
     unexpected = [k for k in state if k not in expected]
+    if unexpected and ignore_unexpected:
+        _LOG.warning('%s: %d unexpected keys ignored: %s', source, len(unexpected),
+                     _show_keys(unexpected))
+        state = {k: v for k, v in state.items() if k in expected}
+        unexpected = []
     mismatched = [f'{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}'
                   for k in state if k in expected and tuple(state[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or mismatched:
-        def show(keys: list[str]) -> str:
-            more = f' (+{len(keys) - 8} more)' if len(keys) > 8 else ''
-            return ', '.join(keys[:8]) + more
-        problems = [f'{label}: {show(keys)}' for label, keys in (
+        problems = [f'{label}: {_show_keys(keys)}' for label, keys in (
             ('missing', missing), ('unexpected', unexpected), ('shape mismatch', mismatched)) if keys]
         raise ValueError(f'{source} does not match the model configuration; ' + '; '.join(problems))
     cleaned = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in state.items()}
@@ -249,8 +286,14 @@ def create_clap(cfg: Mapping[str, Any] | str, checkpoint: str | os.PathLike | No
                  if k.startswith('audio_encoder.')}
         if 'logit_scale' not in state:
             raise ValueError(f'{path} has no logit_scale: not a CLAP checkpoint?')
+        foreign = [k for k in state if k != 'logit_scale'
+                   and not k.startswith(('audio_encoder.', 'caption_encoder.'))]
+        if foreign:
+            _LOG.warning('%s: %d keys of no CLAP part ignored: %s', path, len(foreign),
+                         _show_keys(foreign))
         audio['clap_logit_scale'] = state['logit_scale'].reshape(())
-        load_weights(encoder, audio, str(path), may_be_missing=_recomputed_audio_key)
+        load_weights(encoder, audio, str(path), may_be_missing=_recomputed_audio_key,
+                     ignore_unexpected=True)
         encoder.model_id = clap_cfg['model_id']
     encoder.prompt = clap_cfg['prompt']
     return encoder.to(device)
@@ -284,7 +327,7 @@ def create_clap_text(cfg: Mapping[str, Any] | str, checkpoint: str | os.PathLike
     # 'attn.masked_bias', which current GPT2Attention computes on the fly.
     text = {k: v for k, v in text.items()
             if not k.endswith(('.attn.bias', '.attn.masked_bias'))}
-    load_weights(encoder, text, str(path))
+    load_weights(encoder, text, str(path), ignore_unexpected=True)
     encoder.model_id = clap_cfg['model_id']
     return encoder.to(device)
 
@@ -299,3 +342,181 @@ def _gpt2_base_weights(text_dir: Path, model_dir: str | os.PathLike | None) -> d
 def describe_search(model_dir: str | os.PathLike | None = None) -> str:
     """One line naming the model directories, for log messages."""
     return ', '.join(str(d) for d in model_search_dirs(model_dir))
+
+
+# -- FC-CLIP head -----------------------------------------------------------------------------
+@dataclass
+class ClipCopyCheck:
+    """How the FC-CLIP checkpoint's CLIP copy compares with the CLIP in use, over the keys both
+    hold. differing: keys whose tensors are not bit-identical (or differ in shape)."""
+
+    source: str
+    compared: int = 0
+    differing: list[str] = field(default_factory=list)
+    largest_difference: float = 0.0
+
+    @property
+    def identical(self) -> bool:
+        return self.compared > 0 and not self.differing
+
+    def summary(self) -> str:
+        if self.compared == 0:
+            return f'{self.source} holds no copy of the CLIP weights in use: nothing compared'
+        if self.identical:
+            return (f'{self.source}: its CLIP copy equals the CLIP file on all {self.compared} '
+                    'shared tensors')
+        return (f'{self.source}: its CLIP copy differs from the CLIP file in '
+                f'{len(self.differing)} of {self.compared} shared tensors (largest |difference| '
+                f'{self.largest_difference:.3g}: {_show_keys(self.differing)}); FC-CLIP masks are '
+                'computed on the CLIP file\'s trunk')
+
+
+def compare_clip_copies(backbone: nn.Module, checkpoint: Mapping[str, torch.Tensor],
+                        source: str = 'FC-CLIP checkpoint') -> ClipCopyCheck:
+    """Compare ``backbone``'s weights (``clip_model.*``) with the checkpoint's ``backbone.*`` copy,
+    tensor by tensor (exact equality after casting to the backbone's dtype)."""
+    check = ClipCopyCheck(source)
+    for key, ours in backbone.state_dict().items():
+        theirs = checkpoint.get('backbone.' + key)
+        if theirs is None:
+            continue  # e.g. a text tower dropped on one side
+        check.compared += 1
+        if tuple(theirs.shape) != tuple(ours.shape):
+            check.differing.append(key)
+            check.largest_difference = float('inf')
+            continue
+        theirs = theirs.to(device=ours.device, dtype=ours.dtype)
+        if not torch.equal(ours, theirs):
+            check.differing.append(key)
+            gap = float((ours.double() - theirs.double()).abs().max())
+            check.largest_difference = max(check.largest_difference, gap)
+    return check
+
+
+def load_segmenter(cfg: Mapping[str, Any], config: PipelineConfig, backbone: Any,
+                   notes: list[str]) -> Any:
+    """The FC-CLIP head on the shared ``backbone`` (None when its file is missing and the mode can
+    fall back to the coarse map; ``notes`` then says so). Only ``sem_seg_head.*`` and
+    ``void_embedding.*`` are loaded (``criterion.*`` is training state, ``backbone.*`` the CLIP
+    copy, see the module docstring)."""
+    from taco_ros.core.fcclip import FCCLIPConfig, build_fcclip, load_state_into, read_checkpoint
+
+    file_id = cfg['files'].get('fcclip')
+    if file_id is None:
+        raise ValueError(f'model config {cfg.get("name")!r} names no FC-CLIP file')
+    try:
+        path = find_model_file(file_id, config.model_dir)
+    except ModelFileNotFound as missing:
+        if config.allow_random_weights:
+            path = None
+        elif config.mode == 'baseline':
+            raise  # A-FC-CLIP is FC-CLIP itself: nothing to fall back to
+        else:
+            # CLIP + CLAP still give the co-NMF's coarse token map: degrade rather than refuse.
+            if config.mode == 'full':
+                notes.append(f'FC-CLIP checkpoint missing, masks are the coarse co-NMF map '
+                             f'(mode full runs as coarse). {missing}')
+                _LOG.warning(notes[-1])
+            return None
+    segmenter = build_fcclip(backbone, FCCLIPConfig.from_dict(dict(cfg['fcclip'])))
+    if path is None:
+        segmenter.model_id = 'fcclip' + RANDOM_SUFFIX
+        return segmenter
+    state = read_checkpoint(path)
+    if not str(backbone.model_id).endswith(RANDOM_SUFFIX):
+        check = compare_clip_copies(backbone, state, str(path))
+        if check.identical:
+            _LOG.info(check.summary())
+        else:
+            notes.append(check.summary())
+            _LOG.warning(notes[-1])
+    problems = []
+    for part in ('sem_seg_head', 'void_embedding'):
+        prefix = part + '.'
+        report = load_state_into(
+            getattr(segmenter, part),
+            {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
+            f'{path} [{part}]')
+        if not report.ok:
+            problems.append(report.summary())
+    if problems:
+        raise ValueError('FC-CLIP checkpoint does not fit the model config:\n'
+                         + '\n'.join(problems))
+    segmenter.model_id = str(file_id)
+    return segmenter
+
+
+# -- the factory ------------------------------------------------------------------------------
+@dataclass
+class Models:
+    """Everything a pipeline loads once.
+
+    backbone: the shared CLIP; audio: the CLAP audio side;
+    segmenter: the FC-CLIP head, or None (file missing: coarse maps only);
+    text: the CLIP and CLAP text encoders, or None when a bank file serves the vocabulary and
+        they are not kept;
+    notes: what a user should know about how these models run (e.g. a fallback);
+    random_weights: some model has random weights (its output means nothing).
+    """
+
+    backbone: ClipBackbone
+    audio: AudioEncoder
+    segmenter: FCCLIP | None
+    text: TextEncoders | None
+    notes: list[str]
+    random_weights: bool
+
+    def place(self, device: torch.device) -> None:
+        """Move the per-window models to ``device``; the text encoders stay on the CPU (they
+        only run when the vocabulary changes, and would cost GPU memory for nothing)."""
+        self.backbone.to(device)
+        self.audio.to(device)
+        if self.segmenter is not None:
+            self.segmenter.to(device)
+        self.backbone.text_tower_to('cpu')
+
+    def drop_text_encoders(self) -> None:
+        """Free the CLIP text tower and the CLAP caption encoder."""
+        if self.text is not None:
+            self.text.drop()
+        elif self.backbone.has_text_tower:
+            self.backbone.drop_text_tower()
+        self.text = None
+
+    def close(self) -> None:
+        """Let go of every model."""
+        self.backbone = self.audio = self.segmenter = self.text = None
+
+
+def create_models(config: PipelineConfig, *, segmenter: bool = True) -> Models:
+    """The models of a pipeline configuration, on the CPU.
+
+    The text encoders are loaded when the vocabulary must be encoded (no ``anchors`` file) or kept
+    (``keep_text_encoders``). ``segmenter=False`` skips FC-CLIP (``taco-ros anchors``).
+    ``config.seed`` seeds random initialisations, so random-weight models are reproducible.
+    """
+    from taco_ros.core.vocabulary import TextEncoders
+
+    cfg = load_model_config(config.model_config)
+    needs_text = config.anchors is None or config.keep_text_encoders
+    torch.manual_seed(config.seed)
+    random = config.allow_random_weights
+    backbone = create_clip(cfg, model_dir=config.model_dir, allow_random_weights=random,
+                           with_text=needs_text, resize=config.resize)
+    audio = create_clap(cfg, model_dir=config.model_dir, allow_random_weights=random)
+    notes: list[str] = []
+    head = load_segmenter(cfg, config, backbone, notes) if segmenter else None
+    text = None
+    if needs_text:
+        try:
+            clap_text = create_clap_text(cfg, model_dir=config.model_dir,
+                                         allow_random_weights=random)
+        except ModelFileNotFound:
+            if not random:
+                raise
+            clap_text = None  # random run without tokenizer files: random CLAP word vectors
+        text = TextEncoders(backbone, clap_text, audio)
+    random_weights = any(str(getattr(m, 'model_id', '')).endswith(RANDOM_SUFFIX)
+                         for m in (backbone, audio, head) if m is not None)
+    return Models(backbone=backbone, audio=audio, segmenter=head, text=text, notes=notes,
+                  random_weights=random_weights)

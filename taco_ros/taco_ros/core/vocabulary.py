@@ -1,4 +1,11 @@
-"""Anchor word banks (method.md §3): CLIP and CLAP text vectors of a word list, built once.
+"""Anchor word banks (docs/method.md, anchor bank): CLIP and CLAP text vectors of a word list.
+
+Building and encoding banks happens here and only here:
+
+* :class:`TextEncoders` encodes words with the CLIP text tower and the CLAP caption encoder (used by
+  ``taco-ros anchors build`` through :func:`build_anchor_bank`, and by the pipeline);
+* :class:`Vocabulary` is the pipeline's word list and its co-NMF ``AnchorBank`` on the device, built
+  from the text encoders or a bank file, with the rule for which word lists are usable.
 
 A bank file holds, for J words,
 
@@ -19,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -94,34 +102,110 @@ class AnchorBankData:
                              f'{self.clap_text.shape[0]} CLAP vectors')
 
 
-@torch.no_grad()
+# -- encoding words ---------------------------------------------------------------------------
+def random_word_vector(word: str, dim: int) -> Tensor:
+    """A vector seeded by the word (random-weight runs without the GPT-2 tokenizer files)."""
+    generator = torch.Generator().manual_seed(zlib.crc32(word.encode('utf-8')))
+    return torch.randn(dim, generator=generator)
+
+
+class TextEncoders:
+    """The CLIP text tower (inside the shared ClipBackbone) and the CLAP caption encoder, with a
+    cache of the vectors of every word encoded so far.
+
+    clap_text None: a random-weight run without tokenizer files; CLAP word vectors are then
+    seeded random vectors (:func:`random_word_vector`). The audio side (AudioEncoder) supplies the
+    CLAP prompt, projection width and model id.
+    """
+
+    def __init__(self, clip: Any, clap_text: Any, audio: Any, clip_prompt: str | None = None,
+                 clap_prompt: str | None = None) -> None:
+        self.clip = clip
+        self.clap_text = clap_text
+        self.audio = audio
+        self.clip_prompt = clip_prompt or getattr(clip, 'prompt', 'A photo of a {}')
+        self.clap_prompt = clap_prompt or getattr(audio, 'prompt', 'This is a sound of {}')
+        self.cache: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def encode(self, words: Sequence[str], batch_size: int | None = None) -> tuple[Tensor, Tensor]:
+        """[J, D_I] CLIP and [J, D_P] CLAP text vectors of ``words`` (CPU, float32, unnormalised).
+
+        batch_size: CLIP prompts per forward pass (None: all new words in one pass).
+        """
+        new = [w for w in dict.fromkeys(words) if w not in self.cache]
+        if new:
+            image, audio = self._encode_new(new, batch_size)
+            self.remember(new, image, audio)
+        return (torch.stack([self.cache[w][0] for w in words]),
+                torch.stack([self.cache[w][1] for w in words]))
+
+    def remember(self, words: Sequence[str], image: Tensor, audio: Tensor) -> None:
+        """Cache known vectors (e.g. a bank file's) so that these words are never re-encoded."""
+        for i, word in enumerate(words):
+            self.cache[word] = (image[i].float().cpu(), audio[i].float().cpu())
+
+    def _encode_new(self, words: list[str], batch_size: int | None) -> tuple[Tensor, Tensor]:
+        if self.clap_text is None:
+            width = self.audio.projection.linear1.out_features
+            audio = torch.stack([random_word_vector(w, width) for w in words])
+        else:
+            audio = self._clap_vectors(words)
+        return self._clip_vectors(words, batch_size), audio
+
+    @torch.no_grad()
+    def _clip_vectors(self, words: list[str], batch_size: int | None) -> Tensor:
+        import open_clip
+        step = batch_size or len(words)
+        device = self.clip.text_device
+        chunks = []
+        for first in range(0, len(words), step):
+            prompts = [self.clip_prompt.format(w) for w in words[first:first + step]]
+            tokens = open_clip.tokenizer.tokenize(prompts).to(device)
+            chunks.append(self.clip.encode_text(tokens).float().cpu())
+        return torch.cat(chunks)
+
+    def _clap_vectors(self, words: list[str], batch_size: int = 64) -> Tensor:
+        return self.clap_text([self.clap_prompt.format(w) for w in words], batch_size).float().cpu()
+
+    def to(self, device: str | torch.device) -> TextEncoders:
+        """Move both text encoders (the image tower of the backbone stays where it is)."""
+        self.clip.text_tower_to(device)
+        if self.clap_text is not None:
+            self.clap_text.to(device)
+        return self
+
+    def drop(self) -> None:
+        """Free the CLIP text tower and the CLAP caption encoder (the cache stays)."""
+        if self.clip.has_text_tower:
+            self.clip.drop_text_tower()
+        self.clap_text = None
+
+    def bank_data(self, words: Sequence[str], batch_size: int = 64) -> AnchorBankData:
+        """The bank file contents for ``words`` (a checked word list)."""
+        words = parse_word_list(words)
+        if self.clap_text is None:
+            raise ValueError('building a bank file needs the CLAP caption encoder')
+        if getattr(self.clap_text, 'model_id', None) != getattr(self.audio, 'model_id', None):
+            raise ValueError(f'CLAP text ({self.clap_text.model_id}) and audio '
+                             f'({self.audio.model_id}) come from different checkpoints')
+        image, audio = self._clip_vectors(words, batch_size), self._clap_vectors(words, batch_size)
+        projection = {k: v.detach().float().cpu().clone()
+                      for k, v in self.audio.projection.state_dict().items()}
+        return AnchorBankData(
+            words=list(words), clip_text=image, clap_text=audio, projection_state=projection,
+            logit_scale=self.audio.logit_scale,
+            model_ids={'clip': str(self.clip.model_id), 'clap': str(self.audio.model_id)},
+            prompts={'clip': self.clip_prompt, 'clap': self.clap_prompt})
+
+
 def build_anchor_bank(words: Sequence[str], clip: Any, clap_text: Any, audio: Any,
                       clip_prompt: str | None = None, clap_prompt: str | None = None,
                       batch_size: int = 64) -> AnchorBankData:
     """Encode ``words`` with the CLIP text tower of ``clip`` (a ClipBackbone) and the CLAP
     caption encoder ``clap_text``; take the audio projection and logit scale from ``audio``
     (the AudioEncoder of the same CLAP checkpoint)."""
-    import open_clip
-    words = parse_word_list(words)
-    if getattr(clap_text, 'model_id', None) != getattr(audio, 'model_id', None):
-        raise ValueError(f'CLAP text ({clap_text.model_id}) and audio ({audio.model_id}) come '
-                         'from different checkpoints')
-    clip_prompt = clip_prompt or getattr(clip, 'prompt', 'A photo of a {}')
-    clap_prompt = clap_prompt or getattr(audio, 'prompt', 'This is a sound of {}')
-    device = next(clip.parameters()).device
-    clip_vectors = []
-    for first in range(0, len(words), batch_size):
-        prompts = [clip_prompt.format(w) for w in words[first:first + batch_size]]
-        tokens = open_clip.tokenizer.tokenize(prompts).to(device)
-        clip_vectors.append(clip.encode_text(tokens).float().cpu())
-    clap_vectors = clap_text([clap_prompt.format(w) for w in words], batch_size).float().cpu()
-    projection = {k: v.detach().float().cpu().clone()
-                  for k, v in audio.projection.state_dict().items()}
-    return AnchorBankData(
-        words=list(words), clip_text=torch.cat(clip_vectors), clap_text=clap_vectors,
-        projection_state=projection, logit_scale=audio.logit_scale,
-        model_ids={'clip': str(clip.model_id), 'clap': str(audio.model_id)},
-        prompts={'clip': clip_prompt, 'clap': clap_prompt})
+    encoders = TextEncoders(clip, clap_text, audio, clip_prompt, clap_prompt)
+    return encoders.bank_data(words, batch_size)
 
 
 def save_anchor_bank(bank: AnchorBankData, path: str | os.PathLike) -> Path:
@@ -228,3 +312,90 @@ def load_anchor_bank(path: str | os.PathLike, expected_model_ids: Mapping[str, s
         audio_projection=projection_from_state(data.projection_state).to(device),
         audio_logit_scale=float(data.logit_scale),
     )
+
+
+# -- the pipeline's vocabulary ----------------------------------------------------------------
+class Vocabulary:
+    """The words in use and their co-NMF ``AnchorBank`` on the pipeline's device.
+
+    Words are encoded by the text encoders of ``models`` (core.models.Models) when it has them,
+    else taken from the bank file ``anchors``. With both, the file's vectors are cached so that
+    only new words are encoded. :attr:`bank` is replaced, never mutated: a window in progress
+    keeps the bank it started with.
+    """
+
+    def __init__(self, models: Any, device: torch.device, anchors: str | None = None,
+                 words: Sequence[str] | None = None) -> None:
+        self.models = models
+        self.device = device
+        self.file_bank = self._read_file(anchors) if anchors is not None else None
+        self.bank: Any = None
+        self.set(words)
+
+    def _read_file(self, path: str) -> Any:
+        models = self.models
+        expected = {'clip': models.backbone.model_id, 'clap': models.audio.model_id}
+        if models.random_weights:
+            expected = None  # random models match no bank; any bank's shapes will do
+        full = load_anchor_bank(path, expected)
+        if expected is None:
+            d_image = models.backbone.embed_dim
+            d_proj = models.audio.projection.linear1.out_features
+            if full.image.shape[1] != d_image or full.audio.shape[1] != d_proj:
+                raise ValueError(f'anchor bank vectors ({full.image.shape[1]}, '
+                                 f'{full.audio.shape[1]}) do not fit the models '
+                                 f'({d_image}, {d_proj})')
+        if models.text is not None:
+            models.text.remember(full.words, full.image, full.audio)
+        return full
+
+    @property
+    def words(self) -> list[str]:
+        return list(self.bank.words)
+
+    def default_words(self) -> list[str]:
+        """Every word of the bank file, else the 527 AudioSet names."""
+        return list(self.file_bank.words) if self.file_bank is not None else audioset_labels()
+
+    def problem(self, words: Sequence[str]) -> str | None:
+        """Why ``words`` cannot become the vocabulary (None when they can)."""
+        words = list(words)
+        if len(words) < 2:
+            return 'the vocabulary needs at least 2 words'
+        bad = [w for w in words if not isinstance(w, str) or not w.strip()]
+        if bad:
+            return f'vocabulary words must be non-empty strings, got {bad[:5]!r}'
+        if len(set(words)) != len(words):
+            return 'the vocabulary has duplicate words'
+        if self.models.text is None:
+            if self.file_bank is None:
+                return 'the text encoders were freed and there is no anchor bank file'
+            missing = [w for w in words if w not in self.file_bank.words]
+            if missing:
+                return (f'words not in the anchor bank file and no text encoders loaded: '
+                        f'{missing[:10]}')
+        return None
+
+    def set(self, words: Sequence[str] | None) -> None:
+        """Use ``words`` (None: :meth:`default_words`); ValueError if unusable."""
+        words = self.default_words() if words is None else list(words)
+        problem = self.problem(words)
+        if problem:
+            raise ValueError(problem)
+        self.bank = self._make_bank(words)  # one assignment: a reader sees the old or the new
+
+    def _make_bank(self, words: list[str]) -> Any:
+        from taco_ros.core.conmf import AnchorBank
+
+        if self.models.text is not None:
+            image, audio = self.models.text.encode(words)
+        else:
+            subset = self.file_bank.subset(words)
+            image, audio = subset.image, subset.audio
+        return AnchorBank(words, image.to(self.device), audio.to(self.device),
+                          self.models.audio.projection, self.models.audio.logit_scale)
+
+    def to(self, device: torch.device) -> None:
+        """Move the bank (the pipeline's suspend/resume)."""
+        if self.bank is not None:
+            self.bank = self.bank.to(device)

@@ -1,4 +1,5 @@
-"""Run a benchmark through TACO in one of four modes and accumulate the paper's metrics (method.md §5.2, §7).
+"""Run a benchmark through TACO in one of four modes and accumulate the paper's metrics (docs/method.md,
+evaluation).
 
 Modes:
 
@@ -75,7 +76,7 @@ class Engine(Protocol):
 
 
 # --------------------------------------------------------------------------------------------------
-# Map post-processing (method.md §5.2)
+# Map post-processing (docs/method.md, evaluation)
 # --------------------------------------------------------------------------------------------------
 
 def minmax(score: np.ndarray) -> np.ndarray:
@@ -401,19 +402,15 @@ def resolve_vocabulary(benchmark: Benchmark, default: Sequence[str]) -> list[str
 PIPELINE_MODES = {'paper': 'full', 'streaming': 'full', 'coarse': 'coarse', 'baseline': 'baseline'}
 
 
-def _elapsed_ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1e3
-
-
 class PipelineEngine:
-    """TACO through :class:`taco_ros.core.pipeline.TacoPipeline`.
+    """TACO through :class:`taco_ros.core.pipeline.TacoPipeline` and its stages (core/stages.py).
 
     * streaming and baseline: ``TacoPipeline.process`` frame by frame, exactly the node's path (the state
       is reset at the start of every video; ``always_segment`` so that a map exists on silent frames too).
-    * paper and coarse: the pipeline's encoders, ``conmf.solve_batch`` (with the batch temporal term on S4)
-      and the FC-CLIP head, with the maps built on the resized-image grid (764² at paper size) as the authors
-      do; the coarse prediction is U_I[:, k*] on the token grid. The node's mask is decided on the same map
-      with the pipeline's threshold, as ``process`` would.
+    * paper and coarse: the pipeline's stages with ``Stages.solve_video`` (the batch temporal term on S4),
+      the FC-CLIP maps on the resized-image grid (764² at paper size) as the authors do; the coarse
+      prediction is U_I[:, k*] on the token grid. The node's mask is decided by the node's rule
+      (``stages.mask_decision``) on the same map.
     """
 
     def __init__(self, benchmark: Benchmark, *, mode: str, model_config: str = 'taco_convnext_large',
@@ -436,6 +433,10 @@ class PipelineEngine:
             solver_overrides=dict(self.overrides), allow_random_weights=allow_random_weights, seed=seed,
             keep_text_encoders=False, always_segment=True, audio_context=audio_context)
         self.pipeline = TacoPipeline(config)
+        if mode == 'paper' and self.pipeline.segmenter is None:
+            self.pipeline.close()
+            raise ValueError("eval mode 'paper' needs the FC-CLIP checkpoint: "
+                             + ' '.join(self.pipeline.notes))
         self.random_weights = bool(self.pipeline.random_weights)
         self.vocabulary = list(self.pipeline.vocabulary)
         solver = solver_config(self.pipeline.config)
@@ -468,7 +469,7 @@ class PipelineEngine:
 
     # -- the node's path -------------------------------------------------------------------------
     def _window(self, clip: Clip, history: list[Clip]):
-        from taco_ros.core.windows import AudioWindow
+        from taco_ros.core.contract import AudioWindow
 
         # 'history' context: the video's earlier clips, when they share the rate and channel layout.
         usable = [c.samples for c in history
@@ -482,74 +483,39 @@ class PipelineEngine:
         outputs = []
         for index, (frame, clip) in enumerate(zip(frames, clips, strict=True)):
             result = self.pipeline.process(frame, self._window(clip, list(clips[:index])))
-            # The solver's last result holds U_I: its k* column is the paper's unrefined map.
-            previous = getattr(self.pipeline, '_previous', None)
-            coarse = None
-            # k_star is -1 when the silence gate skipped the solver (the stored result is then stale).
-            if self.mode == 'streaming' and previous is not None and result.k_star >= 0:
-                coarse = previous.activation_map().float().cpu().numpy()
             score = result.score_map
             if score is None:
                 score = np.zeros(frame.shape[:2], np.float32)
-            outputs.append(FrameOutput(score=score, mask=result.mask, coarse=coarse,
+            # coarse_map: U_I[:, k*] on the token grid, the paper's unrefined map (None when the
+            # solver did not run: silence gate, baseline).
+            outputs.append(FrameOutput(score=score, mask=result.mask, coarse=result.coarse_map,
                                        label=result.labels[0] if result.labels else None,
                                        timings=dict(result.timings)))
         return outputs
 
     # -- the authors' path -----------------------------------------------------------------------
-    def _autocast(self):
-        import contextlib
-
-        import torch
-
-        from taco_ros.core.pipeline import PRECISION_DTYPES
-
-        dtype = PRECISION_DTYPES[self.pipeline.config.precision]
-        if self.pipeline.device.type == 'cuda' and dtype is not None:
-            return torch.autocast('cuda', dtype=dtype)
-        return contextlib.nullcontext()
-
-    def _sync(self) -> None:
-        import torch
-
-        if self.pipeline.device.type == 'cuda':
-            torch.cuda.synchronize(self.pipeline.device)
-
     def _factorise_video(self, frames: Sequence[np.ndarray], clips: Sequence[Clip],
                          temporal: bool) -> list[FrameOutput]:
-        import torch
+        from taco_ros.core.pipeline import solver_config
 
-        from taco_ros.core.conmf import solve_batch
-
-        pipeline = self.pipeline
+        stages = self.pipeline.stages
         timings: list[dict[str, float]] = [{} for _ in frames]
         images, audios = [], []
-        with torch.no_grad(), self._autocast():
-            for index, (frame, clip) in enumerate(zip(frames, clips, strict=True)):
-                start = time.perf_counter()
-                tensor = torch.from_numpy(np.ascontiguousarray(frame)).to(pipeline.device)
-                images.append(pipeline.backbone.encode(tensor.permute(2, 0, 1)[None]))
-                self._sync()
-                timings[index]['image_encoder'] = _elapsed_ms(start)
-                start = time.perf_counter()
-                audios.append(pipeline.audio.encode(clip.samples, clip.sample_rate, context='tile'))
-                self._sync()
-                timings[index]['audio_encoder'] = _elapsed_ms(start)
-        start = time.perf_counter()
-        from taco_ros.core.pipeline import solver_config
-        config = replace(solver_config(pipeline.config), seed=self._run_seed)
-        results = solve_batch(torch.stack([im.tokens[0].float() for im in images]),
-                              torch.stack([au.tokens[0].float() for au in audios]),
-                              pipeline.bank, config, temporal=temporal and len(frames) > 1)
-        self._sync()
-        solver_ms = _elapsed_ms(start) / len(frames)
+        for index, (frame, clip) in enumerate(zip(frames, clips, strict=True)):
+            with stages.timed(timings[index], 'image_encoder'):
+                images.append(stages.encode_frame(frame))
+            with stages.timed(timings[index], 'audio_encoder'):
+                audios.append(stages.encode_audio(clip.samples, clip.sample_rate, context='tile'))
+        config = replace(solver_config(self.pipeline.config), seed=self._run_seed)
+        solved: dict[str, float] = {}
+        with stages.timed(solved, 'conmf'):
+            results = stages.solve_video(images, audios, self.pipeline.bank, config,
+                                         temporal=temporal and len(frames) > 1)
         outputs = []
         for index, (frame, image, result) in enumerate(zip(frames, images, results, strict=True)):
-            timings[index]['conmf'] = solver_ms
-            start = time.perf_counter()
-            output = self._maps(frame, image, result)
-            self._sync()
-            timings[index]['segmenter'] = _elapsed_ms(start)
+            timings[index]['conmf'] = solved['conmf'] / len(frames)
+            with stages.timed(timings[index], 'segmenter'):
+                output = self._maps(frame, image, result)
             timings[index]['total'] = sum(timings[index].values())
             output.timings = timings[index]
             outputs.append(output)
@@ -557,32 +523,27 @@ class PipelineEngine:
 
     def _maps(self, frame: np.ndarray, image, result) -> FrameOutput:
         """Score maps of one factorised frame, the node's mask, and (AVSS) the argmax-over-factors mask."""
-        import torch
+        from taco_ros.core.masks import coarse_score_map
+        from taco_ros.core.stages import mask_decision, token_grid
 
-        from taco_ros.core.masks import DEFAULT_COARSE_THRESHOLD, coarse_mask, decide_mask
-
+        stages = self.pipeline.stages
         k = int(result.k_star)
-        grid = result.activation_map().float().cpu().numpy()
+        column, _ = stages.columns(result, k)
+        grid = token_grid(column, image.grid)
         label = result.labels[0] if result.labels else None
         config = self.pipeline.config
         if self.mode == 'coarse':
             mask = np.zeros(frame.shape[:2], np.uint8)
             if result.sounding:
-                mask = coarse_mask(grid, frame.shape[:2], DEFAULT_COARSE_THRESHOLD).mask.astype(np.uint8)
+                # The paper's unrefined map at the frame's size (bicubic from the token grid).
+                mask = mask_decision(coarse_score_map(grid, frame.shape[:2]), config).mask.astype(np.uint8)
             return FrameOutput(score=grid, mask=mask, coarse=grid, label=label)
-        segmenter = self.pipeline.segmenter
-        with torch.no_grad(), self._autocast():
-            prepared = segmenter.prepare(image.features, image.valid_size)
         every = self.benchmark.name == 'avss'
         # On the resized-image grid (764² at paper size): the authors' sem_seg resolution.
-        sem = segmenter.semantic_map(prepared, result.image_factors.float(),
-                                     channels=None if every else [k])[0].float()
+        sem = stages.semantic_maps(image, result.image_factors, channels=None if every else [k])
         score = (sem[k] if every else sem[0]).cpu().numpy()
         hard = (sem.argmax(0) == k).cpu().numpy() if every else None
         mask = np.zeros(score.shape, np.uint8)
         if result.sounding:
-            # The node's decision (TacoPipeline._objects), on this map's pixel grid.
-            fraction = min(config.min_component_area / float(score.size), 0.999999)
-            mask = decide_mask(score, config.mask_threshold, min_area_fraction=fraction).mask
-            mask = mask.astype(np.uint8)
+            mask = mask_decision(score, config).mask.astype(np.uint8)
         return FrameOutput(score=score, mask=mask, coarse=grid, hard=hard, label=label)
