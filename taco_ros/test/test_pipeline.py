@@ -398,3 +398,24 @@ def test_missing_fcclip_checkpoint_falls_back_to_the_coarse_map(
         pipe.close()
     with pytest.raises(ModelFileNotFound):
         TacoPipeline(replace(config, mode='baseline'))
+
+
+def test_solver_runs_on_its_own_thread_count() -> None:
+    """The co-NMF block runs with solver_threads intra-op threads; the process's setting comes back."""
+    from taco_ros.core.contract import PipelineConfig
+    from taco_ros.core.stages import Stages
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        stages = Stages(models=None, device=torch.device('cpu'), solver_threads=1)
+        with stages.solver_thread_count():
+            inside = torch.get_num_threads()
+        assert inside == 1 and torch.get_num_threads() == 2
+        stages.solver_threads = 0   # 0: the process's setting is kept
+        with stages.solver_thread_count():
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert PipelineConfig(solver_threads=-1).problem() is not None
+    assert PipelineConfig(solver_threads=4).problem() is None

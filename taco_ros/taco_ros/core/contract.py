@@ -32,11 +32,13 @@ STAGES = ('image_encoder', 'audio_encoder', 'conmf', 'segmenter', 'total')
 # PipelineConfig fields that may change between windows (TacoPipeline.update); the others fix the
 # models and need a rebuild.
 LIVE_FIELDS = ('mode', 'vocabulary', 'solver_profile', 'solver_overrides', 'mask_threshold',
-               'min_component_area', 'top_k', 'audio_context', 'silence_rms', 'always_segment')
+               'min_component_area', 'top_k', 'audio_context', 'silence_rms', 'always_segment',
+               'solver_threads')
 DEVICE_PATTERN = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
 # The majority rule of the semantic map (see core/masks.py); the node's default too.
 DEFAULT_MASK_THRESHOLD = 0.5
 DEFAULT_MODEL_CONFIG = 'taco_convnext_large'
+MAX_THREADS = 256
 # Seconds of audio CLAP sees (HTS-AT's input); the 'history' context keeps this much past audio.
 CLAP_CONTEXT_SEC = 7.0
 
@@ -108,6 +110,10 @@ class PipelineConfig:
         set_vocabulary can encode new words; False frees them once the bank is built.
     always_segment: compute the soft map even when the solver says nothing is sounding (for
         evaluation against ground truth); the node leaves it off to save time.
+    solver_threads: torch intra-op threads while the co-NMF runs on the CPU (0 keeps the process's
+        setting). Its thousands of small operations gain nothing from splitting, and with several
+        threads every join waits for a thread that other processes have descheduled: on 2 busy
+        cores a warm solve took 9x longer with 2 threads than with 1 (bench/bench_threads.py).
     """
 
     model_config: str = DEFAULT_MODEL_CONFIG
@@ -129,6 +135,7 @@ class PipelineConfig:
     silence_rms: float = 0.0
     keep_text_encoders: bool = True
     always_segment: bool = False
+    solver_threads: int = 1
 
     def problem(self) -> str | None:
         """Why this configuration is unusable (None when it is usable), without torch.
@@ -153,6 +160,8 @@ class PipelineConfig:
             return f'top_k must be >= 1, got {self.top_k}'
         if not (math.isfinite(self.silence_rms) and self.silence_rms >= 0):
             return f'silence_rms must be >= 0, got {self.silence_rms}'
+        if isinstance(self.solver_threads, bool) or not 0 <= int(self.solver_threads) <= MAX_THREADS:
+            return f'solver_threads must lie in [0, {MAX_THREADS}], got {self.solver_threads}'
         if not isinstance(self.solver_overrides, dict):
             return 'solver_overrides must be a dict of CoNMFConfig fields'
         return None

@@ -119,7 +119,7 @@ class TacoPipeline:
         self.notes: list[str] = self.models.notes
         self.random_weights = self.models.random_weights
         self.models.place(self.device)
-        self.stages = Stages(self.models, self.device, config.precision)
+        self.stages = Stages(self.models, self.device, config.precision, config.solver_threads)
         self._vocabulary = Vocabulary(self.models, self.device, config.anchors, config.vocabulary)
         if not config.keep_text_encoders:
             self.models.drop_text_encoders()
@@ -188,6 +188,7 @@ class TacoPipeline:
         if 'vocabulary' in changes:
             self.set_vocabulary(changes.pop('vocabulary'))
         self.config = replace(self.config, **changes)
+        self.stages.solver_threads = self.config.solver_threads
 
     # ------------------------------------------------------------------ device lifecycle
     def reset(self) -> None:

@@ -85,10 +85,12 @@ class Stages:
     and FC-CLIP on CUDA ('fp32' | 'fp16' | 'bf16'); the solver always runs in float32.
     """
 
-    def __init__(self, models: Models, device: torch.device, precision: str = 'fp32') -> None:
+    def __init__(self, models: Models, device: torch.device, precision: str = 'fp32',
+                 solver_threads: int = 1) -> None:
         self.models = models
         self.device = device
         self.precision = precision
+        self.solver_threads = solver_threads
 
     # ---------------------------------------------------------------- device helpers
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -110,6 +112,24 @@ class Stages:
         yield
         self.sync()
         timings[stage] = timings.get(stage, 0.0) + elapsed_ms(start)
+
+    @contextlib.contextmanager
+    def solver_thread_count(self) -> Iterator[None]:
+        """torch's intra-op threads set to ``solver_threads`` for the block (CPU only; 0 = as is).
+
+        The setting is process-wide: the node runs one window at a time, and nothing else it runs
+        meanwhile uses torch's CPU pool.
+        """
+        wanted = int(self.solver_threads)
+        previous = torch.get_num_threads()
+        if self.device.type != 'cpu' or wanted <= 0 or wanted == previous:
+            yield
+            return
+        torch.set_num_threads(wanted)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
 
     def to_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
         """A host array on the device: through pinned memory without blocking on CUDA."""
@@ -147,7 +167,7 @@ class Stages:
         """conmf.solve of one window (``config``: a CoNMFConfig) → CoNMFResult."""
         from taco_ros.core.conmf import solve
 
-        with torch.enable_grad():  # the solver differentiates its objective
+        with torch.enable_grad(), self.solver_thread_count():  # it differentiates its objective
             return solve(image.tokens[0].float(), audio.tokens[0].float(), bank, config,
                          warm_start=warm_start)
 
@@ -157,7 +177,7 @@ class Stages:
         paper's batch temporal term between consecutive frames)."""
         from taco_ros.core.conmf import solve_batch
 
-        with torch.enable_grad():
+        with torch.enable_grad(), self.solver_thread_count():
             return solve_batch(torch.stack([im.tokens[0].float() for im in images]),
                                torch.stack([au.tokens[0].float() for au in audios]),
                                bank, config, temporal=temporal)
