@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
@@ -105,7 +103,7 @@ def test_average_precision_documented_example():
     ap = m.average_precision(np.array([0, 0.5, 0.7, 0.8]), np.array([0, 1, 1, 0]))
     assert ap == pytest.approx(0.583333, abs=1e-5)
     assert m.average_precision(np.array([0.9, 0.1]), np.array([1, 0])) == pytest.approx(1.0)
-    assert math.isnan(m.average_precision(np.array([0.3, 0.1]), np.array([0, 0])))
+    assert m.average_precision(np.array([0.3, 0.1]), np.array([0, 0])) == 0.0  # torchmetrics 1.4.1
 
 
 def test_average_precision_ties_form_one_point():
@@ -140,6 +138,58 @@ def test_ade_meter_averages_classes():
     assert result['miou'] == pytest.approx((1.0 + 0.0) / 2 * 100)
     # Class 9 AP: the 4 wrong pixels rank first (P = 0 until R rises), then all 16 tie: P = 4/16.
     assert result['map'] == pytest.approx((1.0 + 0.25) / 2 * 100)
+
+
+def torchmetrics_141_binary_ap(scores: np.ndarray, labels: np.ndarray) -> float:
+    """torchmetrics 1.4.1's exact-threshold binary AP, restated step by step (no torchmetrics here).
+
+    Its curve: one point per distinct score, highest first, with cumulative true and false positives;
+    precision = tp / (tp + fp), recall = tp / (total positives). Without any positive, recall is declared
+    undefined and set to 1 at every threshold. The points are reversed and closed with (precision 1,
+    recall 0); AP = −Σ (recall[i+1] − recall[i]) · precision[i] over that reversed list.
+    """
+    order = np.argsort(-scores, kind='stable')
+    ranked, hits = scores[order], labels[order].astype(np.float64)
+    ends = np.append(np.nonzero(np.diff(ranked))[0], ranked.size - 1)
+    tps = np.cumsum(hits)[ends]
+    fps = (ends + 1) - tps
+    precision = tps / (tps + fps)
+    recall = np.ones_like(tps) if tps[-1] == 0 else tps / tps[-1]
+    precision = np.append(precision[::-1], 1.0)
+    recall = np.append(recall[::-1], 0.0)
+    return float(-np.sum((recall[1:] - recall[:-1]) * precision[:-1]))
+
+
+def test_ade_class_without_positive_pixels_scores_ap_zero_and_is_averaged_in():
+    # TACO averages torchmetrics' per-class AP over every class; with no positive pixel that AP is 0.
+    rng = np.random.default_rng(6)
+    meter = m.ADEDetectionMeter()
+    with_object = _square(6, 1, 1, 3, 3)
+    scores_a = [rng.random((6, 6)).astype(np.float32) for _ in range(2)]
+    for score in scores_a:
+        meter.update(score, with_object, class_id=3)
+    empty = np.zeros((6, 6), np.int64)
+    scores_b = [rng.random((6, 6)).astype(np.float32) for _ in range(2)]
+    for score in scores_b:
+        meter.update(score, empty, class_id=5)                       # pooled GT of class 5: no positive
+    ap_a = torchmetrics_141_binary_ap(np.concatenate([s.ravel() for s in scores_a]),
+                                      np.concatenate([with_object.ravel()] * 2))
+    ap_b = torchmetrics_141_binary_ap(np.concatenate([s.ravel() for s in scores_b]),
+                                      np.zeros(72, np.int64))
+    assert ap_b == 0.0
+    result = meter.result()
+    assert result['map'] == pytest.approx((ap_a + ap_b) / 2 * 100)    # both classes in the mean
+    assert result['classes'] == 2 and result['classes_without_positives'] == 1
+    assert [c.ap for c in meter.per_class()] == [pytest.approx(ap_a), 0.0]
+
+
+def test_average_precision_matches_the_torchmetrics_transcription():
+    rng = np.random.default_rng(7)
+    for positives in (0.0, 0.05, 0.5):
+        scores = np.round(rng.random(300), 2).astype(np.float32)   # ties
+        labels = (rng.random(300) < positives).astype(int)
+        assert m.average_precision(scores, labels) == pytest.approx(
+            torchmetrics_141_binary_ap(scores, labels), abs=1e-12)
 
 
 def test_semantic_meter_perfect_and_partial():

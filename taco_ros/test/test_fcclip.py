@@ -427,11 +427,65 @@ def test_read_checkpoint_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         read_checkpoint(tmp_path / 'absent.pth')
     (tmp_path / 'junk.pth').write_bytes(b'not a checkpoint')
-    with pytest.raises(ValueError, match='weights-only'):
+    with pytest.raises(ValueError, match='not a PyTorch checkpoint'):
         read_checkpoint(tmp_path / 'junk.pth')
     torch.save({'model': {'a': torch.zeros(1), 'b': 3}}, tmp_path / 'mixed.pth')
-    with pytest.raises(ValueError, match='not tensors'):
+    with pytest.raises(ValueError, match=r'neither tensors nor numpy arrays: \[.b \(int\).\]'):
         read_checkpoint(tmp_path / 'mixed.pth')
+
+
+def test_detectron2_layouts_numpy_arrays_and_bookkeeping(tmp_path: Path, tiny_inputs, caplog) -> None:
+    """What detectron2's checkpointer accepts: numpy arrays, a 'module.' prefix on every key, optimizer /
+    scheduler / iteration entries next to 'model' (ignored); an unexpected key is logged."""
+    features, valid = tiny_inputs
+    source = build_tiny(seed=30)
+    state = {f'module.{k}': v.numpy() for k, v in source.state_dict().items()}
+    state['module.sem_seg_head.old_head.weight'] = torch.zeros(2).numpy()
+    optimizer = {'state': {0: {'momentum_buffer': torch.ones(3)}},
+                 'param_groups': [{'lr': 1e-4, 'params': [0]}]}
+    torch.save({'model': state, 'optimizer': optimizer, 'scheduler': {'last_epoch': 9, 'base_lrs': [1e-4]},
+                'iteration': 368749}, tmp_path / 'numpy.pth')
+    target = build_tiny(seed=31)
+    with caplog.at_level('WARNING'):
+        report = load_fcclip_checkpoint(target, tmp_path / 'numpy.pth')
+    assert report.ok and report.loaded == len(source.state_dict())
+    assert report.unexpected == ['sem_seg_head.old_head.weight']
+    assert 'sem_seg_head.old_head.weight' in caplog.text
+    factors = random_factors(2, 3)
+    assert torch.equal(target(features, factors, valid), source(features, factors, valid))
+
+
+def test_module_prefix_on_some_keys_only_is_not_stripped(tmp_path: Path) -> None:
+    """fvcore strips 'module.' only when every key carries it; otherwise the keys do not match and the
+    loader refuses, listing the inference keys it misses."""
+    state = dict(build_tiny(seed=32).state_dict())
+    renamed = {(f'module.{k}' if k.startswith('sem_seg_head.predictor.') else k): v for k, v in state.items()}
+    torch.save({'model': renamed}, tmp_path / 'mixed_prefix.pth')
+    with pytest.raises(ValueError, match='missing inference keys') as info:
+        load_fcclip(tiny_clip_backbone(), tmp_path / 'mixed_prefix.pth', tiny_config())
+    assert 'sem_seg_head.predictor.' in str(info.value)
+
+
+def test_bad_checkpoint_files_give_one_clear_error(tmp_path: Path) -> None:
+    from taco_ros.core.model_files import ModelFileFormatError, UnsafeCheckpointError
+    model_dir = tmp_path / 'models' / 'fcclip'
+    model_dir.mkdir(parents=True)
+    path = model_dir / 'fcclip_cocopan.pth'
+    path.write_text('<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head>'
+                    '</html>')
+    with pytest.raises(ModelFileFormatError) as info:
+        read_checkpoint(path)
+    message = str(info.value)
+    assert str(path) in message and 'HTML page' in message and 'expected a PyTorch checkpoint' in message
+    assert 'taco-ros models fetch fcclip-convnext-large-coco' in message
+    torch.save({'model': build_tiny(seed=33).state_dict()}, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])      # an interrupted download
+    with pytest.raises(ModelFileFormatError, match='is truncated') as info:
+        read_checkpoint(path)
+    assert info.value.__cause__ is None  # one message, not a chained library traceback
+    torch.save({'model': {'a': torch.zeros(1)}, 'trainer': torch.nn.Linear(1, 1)}, path)  # pickled code
+    with pytest.raises(UnsafeCheckpointError, match='weights_only'):
+        read_checkpoint(path)
 
 
 # --------------------------------------------------------------------------------------------------

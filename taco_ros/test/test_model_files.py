@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.server
+import json
 import os
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,7 +90,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def server(tmp_path: Path) -> Iterator[_Server]:
     root = tmp_path / 'mirror'
     (root / 'test').mkdir(parents=True)
-    (root / 'test' / 'blob.bin').write_bytes(PAYLOAD)
+    (root / 'test' / 'blob.dat').write_bytes(PAYLOAD)
     srv = _Server(root)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -103,14 +105,14 @@ def registry(monkeypatch: pytest.MonkeyPatch) -> dict[str, ModelFile]:
     """A private copy of the registry with test entries (the real one is left untouched)."""
     entries = dict(mf.MODEL_FILES)
     monkeypatch.setattr(mf, 'MODEL_FILES', entries)
-    mf.register_model_file(ModelFile('test-blob', 'test/blob.bin', 'test payload',
-                                     'https://example.invalid/blob.bin', size=len(PAYLOAD),
+    mf.register_model_file(ModelFile('test-blob', 'test/blob.dat', 'test payload',
+                                     'https://example.invalid/blob.dat', size=len(PAYLOAD),
                                      sha256=PAYLOAD_SHA))
-    mf.register_model_file(ModelFile('test-blob-badsum', 'test/blob.bin', 'wrong checksum',
-                                     'https://example.invalid/blob.bin', size=len(PAYLOAD),
+    mf.register_model_file(ModelFile('test-blob-badsum', 'test/blob.dat', 'wrong checksum',
+                                     'https://example.invalid/blob.dat', size=len(PAYLOAD),
                                      sha256='0' * 64))
-    mf.register_model_file(ModelFile('test-blob-nosum', 'test/blob.bin', 'size only',
-                                     'https://example.invalid/blob.bin', size=len(PAYLOAD)))
+    mf.register_model_file(ModelFile('test-blob-nosum', 'test/blob.dat', 'size only',
+                                     'https://example.invalid/blob.dat', size=len(PAYLOAD)))
     return entries
 
 
@@ -164,15 +166,54 @@ def test_unknown_ids_and_groups():
     assert not any(i.startswith('taco-tiny') for i in everything)  # local only
 
 
-def test_registry_entries_are_honest_about_checksums():
+HOSTING = json.loads((Path(__file__).parent / 'fixtures' / 'model_hosting.json').read_text(encoding='utf-8'))
+
+
+def _hosted(entry: ModelFile) -> dict:
+    """The fixture's listing row of a registry entry, found from the entry's URL."""
+    if entry.source == 'google-drive':
+        drive_id = urllib.parse.parse_qs(urllib.parse.urlparse(entry.url).query)['id'][0]
+        rows = [f for h in HOSTING['hosts'] if h['host'] == 'google-drive' for f in h['files']
+                if f['drive_id'] == drive_id]
+    else:
+        prefix = 'https://huggingface.co/'
+        assert entry.url.startswith(prefix), entry.url
+        repo, name = entry.url[len(prefix):].split('/resolve/main/')
+        rows = [f for h in HOSTING['hosts'] if h['repository'] == repo
+                for f in h['files'] if f['name'] == name]
+    assert len(rows) == 1, f'{entry.file_id}: {entry.url} is not in the recorded hosting listings'
+    return rows[0]
+
+
+def test_registry_matches_the_recorded_host_listings():
+    """Names, sizes and sha256 as the hosts publish them (fixtures/model_hosting.json: sources, dates)."""
     real = [e for e in mf.MODEL_FILES.values() if not e.local_only]
     assert {e.file_id for e in real} >= {'clip-convnext-large-d-320', 'clap-2023', 'gpt2-config',
                                           'gpt2-vocab', 'gpt2-merges', 'fcclip-convnext-large-coco'}
+    for host in HOSTING['hosts']:
+        assert host['read'] == '2026-11-29' and host['listing'].startswith('https://')
     for entry in real:
-        assert entry.url.startswith('https://')
-        assert entry.sha256 is None  # none is known: never invent one
-    assert mf.get_model_file('clip-convnext-large-d-320').filename.endswith('.safetensors')
+        row = _hosted(entry)
+        assert Path(entry.filename).name == row['name'], entry.file_id   # the host's own file name
+        assert entry.size == row['size_bytes'], entry.file_id             # exact bytes only where published
+        if entry.size is None:
+            assert entry.published_size == row['size'], entry.file_id     # else the host's rounded figure
+        assert entry.sha256 == row['sha256'], entry.file_id               # never one that is not published
+        if row['sha256'] is not None:
+            assert row['sha256_source'].startswith('https://')
+    clip = mf.get_model_file('clip-convnext-large-d-320')
+    assert clip.filename.endswith('/open_clip_pytorch_model.safetensors')
+    clip_host = next(h for h in HOSTING['hosts'] if h['repository'].startswith('laion/'))
+    assert 'open_clip_model.safetensors' in clip_host['absent']
     assert '1-91PIns86vyNaL3CzMmDD39zKGnPMtvj' in mf.get_model_file('fcclip-convnext-large-coco').url
+
+
+def test_published_rounded_sizes_bound_the_file():
+    clap = mf.get_model_file('clap-2023')
+    assert clap.size_bounds() == (689_500_000, 690_500_000)           # '690 MB'
+    assert mf.get_model_file('clip-convnext-large-d-320').size_bounds() == (1_405_000_000, 1_415_000_000)
+    assert mf.get_model_file('gpt2-config').size_bounds() == (665, 665)
+    assert mf.get_model_file('fcclip-convnext-large-coco').size_bounds() is None
 
 
 def test_register_rejects_paths_outside_the_model_dir(registry):
@@ -184,7 +225,7 @@ def test_register_rejects_paths_outside_the_model_dir(registry):
 
 # -- verification -----------------------------------------------------------------------------
 def test_verify_statuses(tmp_path: Path, registry):
-    target = tmp_path / 'models' / 'test' / 'blob.bin'
+    target = tmp_path / 'models' / 'test' / 'blob.dat'
     assert mf.verify_model_file('test-blob', tmp_path / 'models').status == 'missing'
     target.parent.mkdir(parents=True)
     target.write_bytes(PAYLOAD)
@@ -196,7 +237,11 @@ def test_verify_statuses(tmp_path: Path, registry):
     assert result.status == 'size mismatch' and not result.good
     (tmp_path / 'models' / 'msclap').mkdir()
     (tmp_path / 'models' / 'msclap' / 'CLAP_weights_2023.pth').write_bytes(b'abc')
-    assert mf.verify_model_file('clap-2023', tmp_path / 'models').status == 'exists'
+    result = mf.verify_model_file('clap-2023', tmp_path / 'models')
+    assert result.status == 'size mismatch' and '690 MB' in result.detail   # 3 bytes is not the checkpoint
+    (tmp_path / 'models' / 'taco_tiny' / 'gpt2').mkdir(parents=True)
+    (tmp_path / 'models' / 'taco_tiny' / 'gpt2' / 'config.json').write_text('{"n_layer": 1}')
+    assert mf.verify_model_file('taco-tiny-gpt2-config', tmp_path / 'models').status == 'exists'
 
 
 # -- fetch ------------------------------------------------------------------------------------
@@ -204,10 +249,10 @@ def test_fetch_success_atomic(tmp_path: Path, server: _Server, registry):
     dest = tmp_path / 'models'
     path = mf.fetch_model_file('test-blob', dest_dir=dest, mirror=server.url, progress=False,
                                log=_quiet)
-    assert path == dest / 'test' / 'blob.bin'
+    assert path == dest / 'test' / 'blob.dat'
     assert path.read_bytes() == PAYLOAD
-    assert not (dest / 'test' / 'blob.bin.part').exists()
-    assert server.requests == [{'path': '/test/blob.bin', 'range': None}]
+    assert not (dest / 'test' / 'blob.dat.part').exists()
+    assert server.requests == [{'path': '/test/blob.dat', 'range': None}]
     # present and valid: no second download
     mf.fetch_model_file('test-blob', dest_dir=dest, mirror=server.url, progress=False, log=_quiet)
     assert len(server.requests) == 1
@@ -227,9 +272,9 @@ def test_fetch_resumes_in_a_later_call(tmp_path: Path, server: _Server, registry
     with pytest.raises(DownloadInterrupted):
         mf.fetch_model_file('test-blob', dest_dir=tmp_path, mirror=server.url, progress=False,
                             retries=1, log=_quiet)
-    part = tmp_path / 'test' / 'blob.bin.part'
+    part = tmp_path / 'test' / 'blob.dat.part'
     assert part.stat().st_size == 50_000
-    assert not (tmp_path / 'test' / 'blob.bin').exists()  # never a half file under the real name
+    assert not (tmp_path / 'test' / 'blob.dat').exists()  # never a half file under the real name
     path = mf.fetch_model_file('test-blob', dest_dir=tmp_path, mirror=server.url, progress=False,
                                log=_quiet)
     assert path.read_bytes() == PAYLOAD
@@ -237,7 +282,7 @@ def test_fetch_resumes_in_a_later_call(tmp_path: Path, server: _Server, registry
 
 
 def test_fetch_restarts_when_server_ignores_range(tmp_path: Path, server: _Server, registry):
-    part = tmp_path / 'test' / 'blob.bin.part'
+    part = tmp_path / 'test' / 'blob.dat.part'
     part.parent.mkdir(parents=True)
     part.write_bytes(b'garbage that must not be kept')
     server.ignore_range = True
@@ -250,8 +295,8 @@ def test_checksum_mismatch_refused_and_partial_removed(tmp_path: Path, server: _
     with pytest.raises(ChecksumMismatch, match='sha256 mismatch'):
         mf.fetch_model_file('test-blob-badsum', dest_dir=tmp_path, mirror=server.url,
                             progress=False, log=_quiet)
-    assert not (tmp_path / 'test' / 'blob.bin').exists()
-    assert not (tmp_path / 'test' / 'blob.bin.part').exists()
+    assert not (tmp_path / 'test' / 'blob.dat').exists()
+    assert not (tmp_path / 'test' / 'blob.dat.part').exists()
 
 
 def test_unreachable_source_names_the_manual_route(tmp_path: Path, server: _Server, registry):
@@ -266,13 +311,13 @@ def test_html_answer_is_refused(tmp_path: Path, server: _Server, registry):
     with pytest.raises(DownloadInterrupted, match='HTML'):
         mf.fetch_model_file('test-blob', dest_dir=tmp_path, mirror=server.url, progress=False,
                             retries=1, log=_quiet)
-    assert not (tmp_path / 'test' / 'blob.bin').exists()
+    assert not (tmp_path / 'test' / 'blob.dat').exists()
 
 
 def test_mirror_from_environment(tmp_path: Path, server: _Server, registry,
                                  monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv(mf.ENV_MODEL_MIRROR, server.url + '/')
-    assert mf.source_url(mf.get_model_file('test-blob')) == server.url + '/test/blob.bin'
+    assert mf.source_url(mf.get_model_file('test-blob')) == server.url + '/test/blob.dat'
     assert mf.fetch_model_file('test-blob', dest_dir=tmp_path, progress=False,
                                log=_quiet).read_bytes() == PAYLOAD
     monkeypatch.delenv(mf.ENV_MODEL_MIRROR)
@@ -287,14 +332,14 @@ def test_cli_fetch_verify_list(tmp_path: Path, server: _Server, registry,
     dest = tmp_path / 'models'
     assert main(['models', 'fetch', 'test-blob', '--mirror', server.url, '--dest', str(dest),
                  '--no-progress']) == 0
-    assert (dest / 'test' / 'blob.bin').read_bytes() == PAYLOAD
+    assert (dest / 'test' / 'blob.dat').read_bytes() == PAYLOAD
     assert main(['models', 'verify', 'test-blob', '--model-dir', str(dest)]) == 0
     assert main(['models', 'verify', 'clap-2023', '--model-dir', str(dest)]) == 1
     assert main(['models', 'fetch', 'test-blob-badsum', '--mirror', server.url,
                  '--dest', str(tmp_path / 'other'), '--no-progress']) == 1
     assert main(['models', 'list', '--model-dir', str(dest)]) == 0
     out = capsys.readouterr().out
-    assert 'sha256 mismatch' in out and 'clap-2023' in out and str(dest / 'test' / 'blob.bin') in out
+    assert 'sha256 mismatch' in out and 'clap-2023' in out and str(dest / 'test' / 'blob.dat') in out
 
 
 # -- safe checkpoint reading ------------------------------------------------------------------

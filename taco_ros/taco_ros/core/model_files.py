@@ -1,4 +1,4 @@
-"""The one registry of model files: what each file is, where it is looked for, how it is fetched.
+"""The one registry of model files: what each file is, where it is looked for, how it is checked and read.
 
 Search order (first hit wins): an explicit directory (node parameter ``model_dir`` or the
 ``--model-dir`` option), the ``TACO_MODEL_DIR`` environment variable, then
@@ -7,10 +7,16 @@ Each file lives at ``<dir>/<ModelFile.filename>``.
 
 Loading never downloads: a missing file raises :class:`ModelFileNotFound`, whose message names the
 file, the directories searched and the exact ``taco-ros models fetch <id>`` command. Fetching is an
-explicit step (``taco-ros models fetch``): HTTP(S) with Range resume, sha256 check where the
-checksum is known, and an atomic rename so that a half-written file is never found by a loader.
+explicit step (``taco-ros models fetch``, :mod:`taco_ros.core.model_fetch`).
 
-Checkpoints are read with :func:`load_state_dict_file`: safetensors, or ``torch.load`` with
+The registry's names, sizes and checksums are the ones the hosts publish; ``taco_ros/test/fixtures/
+model_hosting.json`` records where and when each was read, and a test holds the registry to it. Where a host
+publishes only a rounded size ("1.41 GB") the entry keeps that figure and a file outside its rounding interval
+is refused; where no sha256 is published the entry says so (``sha256=None``) and nothing is made up.
+
+Checkpoints are read with :func:`load_state_dict_file` / :func:`read_weights_file`: first a format check (an
+HTML page, a pickle under a ``.safetensors`` name or a truncated download is one :class:`ModelFileFormatError`
+naming the file, what was expected and the fix), then safetensors, or ``torch.load`` with
 ``weights_only=True`` (no pickled code runs; a file that needs more is refused).
 """
 
@@ -18,18 +24,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from taco_ros.core import model_formats
+
 ENV_MODEL_DIR = 'TACO_MODEL_DIR'
 ENV_MODEL_MIRROR = 'TACO_MODEL_MIRROR'
 PARTIAL_SUFFIX = '.part'
+_UNITS = {'Bytes': 1, 'kB': 10 ** 3, 'MB': 10 ** 6, 'GB': 10 ** 9, 'TB': 10 ** 12}
 
 
 @dataclass(frozen=True)
@@ -37,13 +42,15 @@ class ModelFile:
     """One file a model needs.
 
     file_id: stable name used by model configs and the CLI (``taco-ros models fetch <file_id>``).
-    filename: path relative to a model directory.
+    filename: path relative to a model directory; its last part is the host's own file name.
     url: public download address; None for files that are produced locally (test models).
-    size: expected size in bytes, None where it is not known to us.
-    sha256: expected checksum, None where it is not known to us (verification is then by size
-        only, or existence only when the size is unknown too).
+    size: exact size in bytes as the host publishes it; None where it publishes none.
+    sha256: checksum as the host publishes it (a Git LFS pointer); None where it publishes none.
     page: a human-readable page for manual download.
     optional: not needed by the default pipeline (only as a fallback).
+    published_size: the host's rounded size ("1.41 GB", decimal units) when the exact one is not published;
+        a file outside its rounding interval is refused.
+    source: 'direct' (plain HTTP(S)) or 'google-drive' (may answer a large file with a confirmation page).
     """
 
     file_id: str
@@ -54,10 +61,36 @@ class ModelFile:
     sha256: str | None = None
     page: str | None = None
     optional: bool = False
+    published_size: str | None = None
+    source: str = 'direct'
 
     @property
     def local_only(self) -> bool:
         return self.url is None
+
+    @property
+    def kind(self) -> str:
+        """What the file must be (model_formats kinds: safetensors, torch, json, bpe-merges, any)."""
+        return model_formats.expected_kind(self.filename)
+
+    def size_bounds(self) -> tuple[int, int] | None:
+        """Smallest and largest size in bytes the registry allows; None when nothing is known."""
+        if self.size is not None:
+            return self.size, self.size
+        if self.published_size is None:
+            return None
+        number, unit = self.published_size.split()
+        decimals = len(number.split('.')[1]) if '.' in number else 0
+        half_step = 0.5 * 10 ** -decimals * _UNITS[unit]
+        value = float(number) * _UNITS[unit]
+        return int(value - half_step), int(value + half_step)
+
+    def describe_size(self) -> str:
+        if self.size is not None:
+            return f'{self.size:,} bytes'
+        if self.published_size is not None:
+            return f'{self.published_size} as listed by the host (exact size not published)'
+        return 'size not published'
 
 
 _HF = 'https://huggingface.co'
@@ -65,9 +98,6 @@ _CLIP_REPO = 'laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup'
 _GPT2_REPO = 'openai-community/gpt2'
 _FCCLIP_DRIVE_ID = '1-91PIns86vyNaL3CzMmDD39zKGnPMtvj'  # fc-clip README, "FC-CLIP (ConvNeXt-Large)" row
 
-# Checksums: none of the real files' sha256 values is known to us (they could not be downloaded
-# here), so every sha256 is None and `verify` reports "size only" / "exists" for them. Sizes are
-# given only where the public file listing states them to the byte.
 MODEL_FILES: dict[str, ModelFile] = {}
 
 
@@ -77,43 +107,50 @@ def register_model_file(entry: ModelFile) -> ModelFile:
         raise ValueError(f'invalid model file id {entry.file_id!r}')
     if Path(entry.filename).is_absolute() or '..' in Path(entry.filename).parts:
         raise ValueError(f'model file name must be relative to a model dir: {entry.filename!r}')
+    if entry.source not in ('direct', 'google-drive'):
+        raise ValueError(f'unknown source kind {entry.source!r} for {entry.file_id!r}')
     MODEL_FILES[entry.file_id] = entry
     return entry
 
 
+# Values as published by the hosts, read 2026-11-29 (sources in test/fixtures/model_hosting.json).
 for _entry in (
     ModelFile(
         'clip-convnext-large-d-320',
-        'clip-convnext_large_d_320-laion2b_s29b_b131k_ft_soup/open_clip_model.safetensors',
+        'clip-convnext_large_d_320-laion2b_s29b_b131k_ft_soup/open_clip_pytorch_model.safetensors',
         'OpenCLIP convnext_large_d_320 laion2b_s29b_b131k_ft_soup (X_I and the FC-CLIP backbone); '
         'safetensors, so loading it cannot execute code',
-        f'{_HF}/{_CLIP_REPO}/resolve/main/open_clip_model.safetensors',
-        page=f'{_HF}/{_CLIP_REPO}'),
+        f'{_HF}/{_CLIP_REPO}/resolve/main/open_clip_pytorch_model.safetensors',
+        sha256='1a8e47bdefd6d36202ec66a8975edda9e3c89560bcd1ecefe6f676311637a671',
+        published_size='1.41 GB', page=f'{_HF}/{_CLIP_REPO}'),
     ModelFile(
         'clap-2023', 'msclap/CLAP_weights_2023.pth',
         'msclap CLAP 2023 checkpoint: HTS-AT audio encoder, GPT-2 caption encoder, projections',
         f'{_HF}/microsoft/msclap/resolve/main/CLAP_weights_2023.pth',
-        page=f'{_HF}/microsoft/msclap'),
+        published_size='690 MB', page=f'{_HF}/microsoft/msclap'),
     ModelFile(
         'gpt2-config', 'gpt2/config.json', 'GPT-2 model configuration (CLAP text encoder)',
-        f'{_HF}/{_GPT2_REPO}/resolve/main/config.json', page=f'{_HF}/{_GPT2_REPO}'),
+        f'{_HF}/{_GPT2_REPO}/resolve/main/config.json', size=665, page=f'{_HF}/{_GPT2_REPO}'),
     ModelFile(
         'gpt2-vocab', 'gpt2/vocab.json', 'GPT-2 BPE vocabulary (CLAP text tokenizer)',
-        f'{_HF}/{_GPT2_REPO}/resolve/main/vocab.json', size=1042301, page=f'{_HF}/{_GPT2_REPO}'),
+        f'{_HF}/{_GPT2_REPO}/resolve/main/vocab.json', published_size='1.04 MB',
+        page=f'{_HF}/{_GPT2_REPO}'),
     ModelFile(
         'gpt2-merges', 'gpt2/merges.txt', 'GPT-2 BPE merges (CLAP text tokenizer)',
-        f'{_HF}/{_GPT2_REPO}/resolve/main/merges.txt', size=456318, page=f'{_HF}/{_GPT2_REPO}'),
+        f'{_HF}/{_GPT2_REPO}/resolve/main/merges.txt', published_size='456 kB',
+        page=f'{_HF}/{_GPT2_REPO}'),
     ModelFile(
         'gpt2-weights', 'gpt2/model.safetensors',
         'GPT-2 base weights; only used if the CLAP checkpoint lacks caption_encoder.base.*',
-        f'{_HF}/{_GPT2_REPO}/resolve/main/model.safetensors', page=f'{_HF}/{_GPT2_REPO}',
-        optional=True),
+        f'{_HF}/{_GPT2_REPO}/resolve/main/model.safetensors',
+        sha256='248dfc3911869ec493c76e65bf2fcf7f615828b0254c12b473182f0f81d3a707',
+        published_size='548 MB', page=f'{_HF}/{_GPT2_REPO}', optional=True),
     ModelFile(
         'fcclip-convnext-large-coco', 'fcclip/fcclip_cocopan.pth',
         'FC-CLIP ConvNeXt-L trained on COCO panoptic (fcclip_cocopan.pth), the TACO segmenter',
         f'https://drive.usercontent.google.com/download?id={_FCCLIP_DRIVE_ID}'
         '&export=download&confirm=t',
-        page=f'https://drive.google.com/file/d/{_FCCLIP_DRIVE_ID}/view'),
+        page=f'https://drive.google.com/file/d/{_FCCLIP_DRIVE_ID}/view', source='google-drive'),
     # Random-weight tiny models (model config taco_tiny): no public source, written by
     # taco_ros/test/encoder_fixtures.py for tests and quick pipeline runs.
     ModelFile('taco-tiny-clip', 'taco_tiny/clip.safetensors',
@@ -131,7 +168,9 @@ for _entry in (
 ):
     register_model_file(_entry)
 
-# Names that stand for several files (a GPT-2 directory is config + vocabulary + merges).
+# Names that stand for several files. A GPT-2 directory is config + vocabulary + merges: the loader builds
+# GPT2Model from config.json and GPT2TokenizerFast from vocab.json + merges.txt (it always passes
+# max_length, so tokenizer.json / tokenizer_config.json add nothing).
 MODEL_FILE_GROUPS: dict[str, tuple[str, ...]] = {
     'gpt2': ('gpt2-config', 'gpt2-vocab', 'gpt2-merges'),
     'taco-tiny-gpt2': ('taco-tiny-gpt2-config', 'taco-tiny-gpt2-vocab', 'taco-tiny-gpt2-merges'),
@@ -160,6 +199,53 @@ class ChecksumMismatch(ValueError):  # noqa: N818
 
 class UnsafeCheckpointError(ValueError):
     """A checkpoint needs more than plain tensors to load (pickled code); it is refused."""
+
+
+class ModelFileFormatError(ValueError):
+    """A model file is not what its name says (HTML page, wrong format, truncated). One sentence names the
+    file, what it is, what was expected and the fix."""
+
+    def __init__(self, path: str | os.PathLike, problem: str, kind: str | None = None,
+                 fix: str | None = None) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        kind = kind or model_formats.expected_kind(self.path)
+        self.message = (f'{self.path} {problem}; expected {model_formats.DESCRIPTIONS[kind]}. '
+                        f'{fix or _format_fix(self.path, kind)}')
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _format_fix(path: Path, kind: str) -> str:
+    entry = registry_entry_for(path)
+    if entry is None:
+        return 'Replace it with an intact copy of the right file.'
+    fix = f'Delete it and run: {fetch_command(entry.file_id)}'
+    if entry.local_only:
+        fix = 'Write it again with taco_ros/test/encoder_fixtures.py'
+    if kind == model_formats.SAFETENSORS and entry.file_id == 'clip-convnext-large-d-320':
+        fix += (' (taco_ros reads only open_clip_pytorch_model.safetensors; the hub\'s '
+                'open_clip_pytorch_model.bin is a pickle and is not accepted under this name)')
+    return fix + '.'
+
+
+def registry_entry_for(path: str | os.PathLike) -> ModelFile | None:
+    """The registry entry whose relative file name ``path`` ends with (None: not a registry file)."""
+    parts = Path(path).parts
+    for entry in MODEL_FILES.values():
+        wanted = Path(entry.filename).parts
+        if parts[-len(wanted):] == wanted:
+            return entry
+    return None
+
+
+def require_format(path: str | os.PathLike, kind: str | None = None) -> None:
+    """Raise ModelFileFormatError when ``path`` is not plausibly a file of ``kind`` (default: by name)."""
+    problem = model_formats.format_problem(path, kind)
+    if problem is not None:
+        raise ModelFileFormatError(path, problem, kind)
 
 
 # -- search path ------------------------------------------------------------------------------
@@ -251,9 +337,10 @@ def find_model_dir(group: str, model_dir: str | os.PathLike | None = None) -> Pa
 # -- verification -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class VerifyResult:
-    """Outcome of checking one file. status: 'ok' (sha256 matched), 'size only' (size matched,
-    no known checksum), 'exists' (neither is known), 'missing', 'size mismatch',
-    'sha256 mismatch'."""
+    """Outcome of checking one file. status: 'ok' (sha256 matched), 'size only' (exact size matched, no
+    published sha256), 'format only' (the format and the host's rounded size fit; neither exact size nor
+    sha256 is published), 'exists' (nothing is known: local files), 'missing', 'size mismatch',
+    'bad format', 'sha256 mismatch'."""
 
     file_id: str
     status: str
@@ -262,7 +349,7 @@ class VerifyResult:
 
     @property
     def good(self) -> bool:
-        return self.status in ('ok', 'size only', 'exists')
+        return self.status in ('ok', 'size only', 'format only', 'exists')
 
 
 def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
@@ -274,22 +361,31 @@ def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
 
 
 def check_file(entry: ModelFile, path: Path) -> VerifyResult:
-    """Compare a file on disk with the registry entry (size first: cheap)."""
+    """Compare a file on disk with the registry entry: size (cheap), then format, then sha256."""
     size = path.stat().st_size
-    if entry.size is not None and size != entry.size:
+    bounds = entry.size_bounds()
+    if bounds is not None and not bounds[0] <= size <= bounds[1]:
         return VerifyResult(entry.file_id, 'size mismatch', path,
-                            f'{size} bytes, expected {entry.size}')
+                            f'{size:,} bytes, expected {entry.describe_size()}')
+    problem = model_formats.format_problem(path, entry.kind)
+    if problem is not None:
+        detail = str(ModelFileFormatError(path, problem, entry.kind))
+        return VerifyResult(entry.file_id, 'bad format', path, detail)
     if entry.sha256 is not None:
         actual = sha256_of(path)
         if actual != entry.sha256.lower():
             return VerifyResult(entry.file_id, 'sha256 mismatch', path,
                                 f'sha256 {actual}, expected {entry.sha256}')
-        return VerifyResult(entry.file_id, 'ok', path, f'{size} bytes, sha256 matches')
+        return VerifyResult(entry.file_id, 'ok', path, f'{size:,} bytes, sha256 matches')
     if entry.size is not None:
         return VerifyResult(entry.file_id, 'size only', path,
-                            f'{size} bytes as expected; no known sha256')
+                            f'{size:,} bytes as published; no published sha256')
+    if entry.published_size is not None:
+        return VerifyResult(entry.file_id, 'format only', path,
+                            f'{size:,} bytes, fits the listed {entry.published_size}; the format checks out; '
+                            'no published exact size or sha256')
     return VerifyResult(entry.file_id, 'exists', path,
-                        f'{size} bytes; neither size nor sha256 is known')
+                        f'{size:,} bytes; the format checks out; neither size nor sha256 is published')
 
 
 def verify_model_file(file_id: str, model_dir: str | os.PathLike | None = None) -> VerifyResult:
@@ -301,142 +397,21 @@ def verify_model_file(file_id: str, model_dir: str | os.PathLike | None = None) 
     return check_file(entry, path)
 
 
-# -- download ---------------------------------------------------------------------------------
-def source_url(entry: ModelFile, mirror: str | None = None) -> str:
-    """Where a file is fetched from: ``<mirror>/<filename>`` when a mirror is set (option or
-    TACO_MODEL_MIRROR; the mirror replicates the model-dir layout), else the registry URL."""
-    mirror = mirror or os.environ.get(ENV_MODEL_MIRROR)
-    if mirror:
-        return mirror.rstrip('/') + '/' + urllib.parse.quote(entry.filename)
-    if entry.url is None:
-        raise ValueError(f'{entry.file_id!r} has no public download ({entry.description})')
-    return entry.url
-
-
-class DownloadFailed(OSError):  # noqa: N818
-    """The source could not be reached or refused the request (DNS, HTTP error...)."""
-
-
-class DownloadInterrupted(OSError):  # noqa: N818
-    """The transfer stopped early; the partial file is kept so that a new fetch resumes it."""
-
-
-def _open(url: str, offset: int, timeout: float) -> Any:
-    request = urllib.request.Request(url, headers={'User-Agent': 'taco-ros-models/1'})
-    if offset:
-        request.add_header('Range', f'bytes={offset}-')
-    return urllib.request.urlopen(request, timeout=timeout)
-
-
-def _transfer(url: str, part: Path, entry: ModelFile, timeout: float, progress: bool,
-              chunk_size: int) -> None:
-    """One HTTP request appending to ``part`` (resuming from its size when the server agrees)."""
-    offset = part.stat().st_size if part.exists() else 0
-    try:
-        response = _open(url, offset, timeout)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and offset:
-            # Range not satisfiable: the partial file is already complete (or longer than the
-            # file); the checksum step decides which.
-            return
-        raise
-    with response:
-        if offset and response.status != 206:
-            offset = 0  # the server ignored Range: start over
-        content_type = response.headers.get('Content-Type', '')
-        if 'text/html' in content_type and not entry.filename.endswith('.html'):
-            raise DownloadInterrupted(
-                f'{url} answered with an HTML page instead of {entry.filename} (a login or '
-                f'confirmation page?); download it by hand from {entry.page or url}')
-        length = response.headers.get('Content-Length')
-        total = offset + int(length) if length is not None else entry.size
-        from tqdm import tqdm
-        bar = tqdm(total=total, initial=offset, unit='B', unit_scale=True, unit_divisor=1024,
-                   desc=entry.file_id, disable=not progress, leave=True)
-        with bar, open(part, 'ab' if offset else 'wb') as sink:
-            while True:
-                try:
-                    block = response.read(chunk_size)
-                except (OSError, ValueError) as exc:  # IncompleteRead, reset, timeout
-                    raise DownloadInterrupted(f'transfer of {entry.file_id} stopped: {exc}') from exc
-                if not block:
-                    break
-                sink.write(block)
-                bar.update(len(block))
-    if length is not None and part.stat().st_size < offset + int(length):
-        raise DownloadInterrupted(
-            f'transfer of {entry.file_id} stopped at {part.stat().st_size} bytes')
-
-
-def fetch_model_file(
-    file_id: str,
-    dest_dir: str | os.PathLike | None = None,
-    mirror: str | None = None,
-    progress: bool = True,
-    retries: int = 3,
-    timeout: float = 60.0,
-    force: bool = False,
-    chunk_size: int = 1 << 20,
-    log: Callable[[str], None] = print,
-) -> Path:
-    """Download one registered file into ``dest_dir`` (default: the first search directory).
-
-    The bytes go to ``<target>.part``; an interrupted transfer is resumed with an HTTP Range
-    request (``retries`` times here, or by the next fetch). The finished file is checked against
-    the registry size/sha256: a mismatch deletes the partial file and raises ChecksumMismatch.
-    Only a verified file is renamed (atomically) to its final name.
-    """
-    entry = get_model_file(file_id)
-    root = Path(dest_dir).expanduser() if dest_dir else model_search_dirs()[0]
-    target = root / entry.filename
-    if target.is_file() and not force:
-        result = check_file(entry, target)
-        if result.good:
-            log(f'{file_id}: already present at {target} ({result.status})')
-            return target
-        log(f'{file_id}: {target} failed verification ({result.detail}); downloading again')
-    url = source_url(entry, mirror)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + PARTIAL_SUFFIX)
-    if force and part.exists():
-        part.unlink()
-    attempts = max(1, retries)
-    for attempt in range(1, attempts + 1):
-        try:
-            _transfer(url, part, entry, timeout, progress, chunk_size)
-            break
-        except urllib.error.URLError as exc:
-            reason = exc.reason if not isinstance(exc, urllib.error.HTTPError) else f'HTTP {exc.code}'
-            raise DownloadFailed(
-                f'{file_id}: cannot download {url}: {reason}. Without network access, copy the '
-                f'file to {target} by hand (or serve a copy and pass --mirror).') from exc
-        except DownloadInterrupted as exc:
-            if attempt == attempts or not part.exists():
-                raise
-            log(f'{file_id}: {exc}; resuming (attempt {attempt + 1}/{attempts})')
-            time.sleep(min(2.0 ** (attempt - 1), 10.0) * 0.1)
-    result = check_file(entry, part)
-    if not result.good:
-        part.unlink(missing_ok=True)
-        raise ChecksumMismatch(f'{file_id}: downloaded file rejected ({result.status}: '
-                               f'{result.detail}); the partial file was removed')
-    os.replace(part, target)
-    log(f'{file_id}: saved {target} ({result.status})')
-    return target
-
-
 # -- safe checkpoint reading ------------------------------------------------------------------
 def _extra_safe_globals() -> list[Any]:
     """Harmless non-tensor types that training checkpoints often carry next to the weights
-    (an argparse.Namespace of hyper-parameters, numpy scalars): plain data, no code."""
+    (an argparse.Namespace of hyper-parameters, numpy scalars and arrays of plain dtypes): plain data,
+    no code. numpy 1 pickles name the same functions under ``numpy.core``."""
     import argparse
 
     import numpy as np
-    safe: list[Any] = [argparse.Namespace, np.dtype]
     core = np._core if hasattr(np, '_core') else np.core
-    safe.append(core.multiarray.scalar)
+    multiarray = core.multiarray
+    safe: list[Any] = [argparse.Namespace, np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct,
+                       (multiarray.scalar, 'numpy.core.multiarray.scalar'),
+                       (multiarray._reconstruct, 'numpy.core.multiarray._reconstruct')]
     safe.extend(type(np.dtype(name)) for name in (
-        'float64', 'float32', 'int64', 'int32', 'bool'))
+        'float64', 'float32', 'float16', 'int64', 'int32', 'int16', 'int8', 'uint8', 'bool'))
     return safe
 
 
@@ -465,22 +440,41 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
             f'trusted tool first. Loader said: {str(exc).splitlines()[0]}') from exc
 
 
+def read_weights_file(path: str | os.PathLike) -> Any:
+    """The object stored in a .safetensors file or a weights-only torch file, after the format check.
+
+    Every failure is one ValueError naming the file (ModelFileFormatError, UnsafeCheckpointError), never the
+    reading library's traceback; a missing file is FileNotFoundError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'checkpoint {path} does not exist')
+    kind = model_formats.expected_kind(path)
+    kind = kind if kind in (model_formats.SAFETENSORS, model_formats.TORCH) else model_formats.TORCH
+    require_format(path, kind)
+    try:
+        if kind == model_formats.SAFETENSORS:
+            from safetensors.torch import load_file
+            return load_file(str(path), device='cpu')
+        return safe_torch_load(path)
+    except UnsafeCheckpointError:
+        raise
+    except Exception as exc:  # torch and safetensors raise many types for a corrupt file
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelFileFormatError(path, f'could not be read ({first_line[:200]}): corrupt or truncated',
+                                   kind) from None
+
+
 def load_state_dict_file(path: str | os.PathLike,
                          container_keys: tuple[str, ...] = ('state_dict', 'model')
                          ) -> dict[str, Any]:
     """A flat ``{name: tensor}`` dict from a .safetensors file or a weights-only torch file.
 
     Unwraps one level of ``{'state_dict': ...}`` / ``{'model': ...}`` (open_clip, msclap and
-    detectron2 layouts) and strips a DataParallel ``module.`` prefix.
+    detectron2 layouts) and strips a DataParallel ``module.`` prefix shared by every key.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'checkpoint {path} does not exist')
-    if path.suffix == '.safetensors':
-        from safetensors.torch import load_file
-        state: Any = load_file(str(path), device='cpu')
-    else:
-        state = safe_torch_load(path)
+    state = read_weights_file(path)
     if isinstance(state, Mapping):
         for key in container_keys:
             if key in state and isinstance(state[key], Mapping):
@@ -491,3 +485,15 @@ def load_state_dict_file(path: str | os.PathLike,
     if state and all(k.startswith('module.') for k in state):
         state = {k[len('module.'):]: v for k, v in state.items()}
     return dict(state)
+
+
+_FETCH_NAMES = ('DownloadFailed', 'DownloadInterrupted', 'FetchStep', 'fetch_model_file', 'plan_fetch',
+                'source_url')
+
+
+def __getattr__(name: str) -> Any:
+    """The download API lives in model_fetch; its names stay reachable from here."""
+    if name in _FETCH_NAMES:
+        from taco_ros.core import model_fetch
+        return getattr(model_fetch, name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

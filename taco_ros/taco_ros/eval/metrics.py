@@ -23,7 +23,6 @@ authors' torch code does, so results match theirs to float rounding.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -264,7 +263,11 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
 
     Matches ``torchmetrics.functional.classification.binary_average_precision`` with ``thresholds=None``,
     including its rule that scores outside [0, 1] are logits and go through a sigmoid first (which only
-    matters through float32 ties, AP depending on the ranking alone). NaN when there is no positive.
+    matters through float32 ties, AP depending on the ranking alone).
+
+    No positive label: 0.0. torchmetrics 1.4.1 (the version TACO pins) warns that recall is undefined, sets
+    it to 1 at every threshold and so returns the precision at the highest threshold, which is 0 without a
+    positive. TACO averages that 0 into its class mean.
     """
     scores = np.asarray(scores, dtype=np.float32).ravel()
     labels = np.asarray(labels).ravel()
@@ -281,7 +284,7 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     labels = labels.astype(bool)
     n_positive = int(np.count_nonzero(labels))
     if n_positive == 0:
-        return math.nan
+        return 0.0
     order = np.argsort(-scores, kind='stable')
     ranked = scores[order]
     hits = np.cumsum(labels[order])
@@ -298,7 +301,8 @@ class ClassScore:
     class_id: int
     images: int
     iou: float        # best pooled IoU, fraction
-    ap: float         # fraction, NaN without positive pixels
+    ap: float         # fraction, 0 without positive pixels (torchmetrics 1.4.1, as TACO)
+    positives: int    # positive pixels pooled over the class's images
     iou_curve: np.ndarray
 
 
@@ -334,25 +338,25 @@ class ADEDetectionMeter:
             targets = np.stack(self._targets[class_id])
             _, curve = pooled_iou_curve(scores, targets, self.steps)
             out.append(ClassScore(class_id, len(scores), float(curve.max()),
-                                  average_precision(scores, targets), curve))
+                                  average_precision(scores, targets), int(np.count_nonzero(targets)), curve))
         self._per_class = out
         return out
 
     def result(self) -> dict[str, float | int | None]:
         """``miou`` and ``map`` in percent.
 
-        Classes without a positive pixel are left out of the AP mean (the authors' code would return NaN
-        for the whole set) and counted in ``classes_without_positives``.
+        Every class enters both means, as in the authors' code. A class whose pooled ground truth has no
+        positive pixel scores AP = 0 (see :func:`average_precision`) and pulls ``map`` down; how many
+        such classes there were is reported in ``classes_without_positives``.
         """
         classes = self.per_class()
         if not classes:
             raise ValueError('no image was added to the meter')
-        aps = [c.ap for c in classes if not math.isnan(c.ap)]
         return {
             'miou': float(np.mean([c.iou for c in classes])) * 100,
-            'map': float(np.mean(aps)) * 100 if aps else None,
+            'map': float(np.mean([c.ap for c in classes])) * 100,
             'classes': len(classes),
-            'classes_without_positives': len(classes) - len(aps),
+            'classes_without_positives': sum(1 for c in classes if c.positives == 0),
             'images': self.images,
         }
 

@@ -1,10 +1,15 @@
 """Loading FC-CLIP checkpoints the way detectron2's DetectionCheckpointer does, without detectron2.
 
-detectron2 (method.md §6.2): torch.load on CPU; a file without a "model" entry is the model dict itself;
-a "module." prefix shared by all keys (DataParallel) is stripped; keys whose shapes disagree with the model
-are dropped with a warning; loading is non-strict and the missing / unexpected keys are reported.
-Here the file is read with ``weights_only=True`` (no pickled code runs), and the report separates keys the
-inference path needs from training-only ones.
+What detectron2 (with fvcore's Checkpointer) accepts, and so what is accepted here, no more:
+* the file's "model" entry, or the whole file when it has none (a bare state dict); every other top-level
+  entry (optimizer, scheduler, iteration, ...) is training bookkeeping and is ignored;
+* numpy arrays in the model dict are converted to tensors; any other non-tensor value is refused;
+* a "module." prefix (DataParallel) is stripped when every key carries it (fvcore strips it only then);
+* keys whose shapes disagree with the model are dropped with a warning; unexpected keys are logged.
+Differences, on purpose: the file is read through the project's one safe loader
+(:func:`taco_ros.core.model_files.read_weights_file`: format check, ``weights_only=True``, no pickled code
+runs), and a missing or wrongly shaped key that the inference path needs is an error listing them
+(detectron2 only warns), while training-only keys may be absent.
 """
 
 from __future__ import annotations
@@ -15,15 +20,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from taco_ros.core.fcclip.config import FCCLIPConfig
 from taco_ros.core.fcclip.segmenter import FCCLIP, TRAINING_ONLY_PREFIXES, build_fcclip
+from taco_ros.core.model_files import read_weights_file
 
 LOG = logging.getLogger(__name__)
 
-# The released FC-CLIP ConvNeXt-L COCO-panoptic checkpoint (fc-clip README; TACO's paths.yaml).
+# DataParallel / DistributedDataParallel wrap every key in this prefix.
 PARALLEL_PREFIX = 'module.'
 
 
@@ -73,31 +80,42 @@ class LoadReport:
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Model state dict of a detectron2-style .pth file ("model" wrapper or bare dict, "module." stripped)."""
+    """Model state dict of a detectron2-style .pth file ("model" wrapper or bare dict, "module." stripped).
+
+    FileNotFoundError for a missing file; one ValueError naming the file for anything else (an HTML page, a
+    truncated download, pickled code, a value that is neither a tensor nor a numpy array).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'FC-CLIP checkpoint not found: {path}')
-    try:
-        data = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or non-weights files
-        raise ValueError(f'cannot read {path} as a weights-only torch checkpoint: {exc}') from exc
-    return unwrap_state_dict(data, str(path))
+    return unwrap_state_dict(read_weights_file(path), str(path))
 
 
 def unwrap_state_dict(data: object, source: str = '<checkpoint>') -> dict[str, Tensor]:
-    """detectron2's unwrapping: take data["model"] when present, strip a common "module." prefix."""
-    if isinstance(data, Mapping) and isinstance(data.get('model'), Mapping):
+    """detectron2's unwrapping: data["model"] if present (else data itself), numpy arrays as tensors, a
+    "module." prefix shared by every key stripped. Other top-level entries are ignored."""
+    if isinstance(data, Mapping) and 'model' in data:
         data = data['model']
     if not isinstance(data, Mapping):
         raise ValueError(f'{source}: expected a dict of tensors (optionally under "model"), '
                          f'got {type(data).__name__}')
-    not_tensors = [k for k, v in data.items() if not isinstance(v, Tensor)]
+    state = {k: _as_tensor(v) for k, v in data.items()}
+    not_tensors = [f'{k} ({type(data[k]).__name__})' for k, v in state.items() if v is None]
     if not_tensors:
-        raise ValueError(f'{source}: entries that are not tensors: {not_tensors[:10]}')
-    keys = list(data)
+        raise ValueError(f'{source}: model entries that are neither tensors nor numpy arrays: '
+                         f'{not_tensors[:10]}')
+    keys = list(state)
     if keys and all(k.startswith(PARALLEL_PREFIX) for k in keys):
-        return {k[len(PARALLEL_PREFIX):]: v for k, v in data.items()}
-    return dict(data)
+        return {k[len(PARALLEL_PREFIX):]: v for k, v in state.items()}
+    return state
+
+
+def _as_tensor(value: object) -> Tensor | None:
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, np.ndarray) and value.dtype != object:
+        return torch.from_numpy(value)
+    return None
 
 
 def load_state_into(model: nn.Module, state: Mapping[str, Tensor], source: str = '<state dict>',
@@ -132,6 +150,9 @@ def load_state_into(model: nn.Module, state: Mapping[str, Tensor], source: str =
     report.loaded = len(usable)
     if report.missing:
         LOG.warning('%s: %d inference keys missing, e.g. %s', source, len(report.missing), report.missing[:5])
+    if report.unexpected:
+        LOG.warning('%s: %d keys the model does not have, ignored: %s', source, len(report.unexpected),
+                    ', '.join(report.unexpected[:10]) + (' ...' if len(report.unexpected) > 10 else ''))
     return report
 
 
