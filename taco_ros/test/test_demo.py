@@ -92,7 +92,7 @@ def test_contact_sheet_and_animation_carry_the_random_weights_banner(tmp_path: P
 
 def test_demo_defaults_are_the_user_sizes_and_small_is_for_ci() -> None:
     from taco_ros.cli import build_parser
-    from taco_ros.commands.demo import settings_from_args
+    from taco_ros.demo.run import settings_from_args
 
     parser = build_parser()
     user = settings_from_args(parser.parse_args(['demo']))
