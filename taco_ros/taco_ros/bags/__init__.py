@@ -21,6 +21,7 @@ from taco_ros.bags.messages import (
 )
 from taco_ros.bags.player import BagPlayer, PlayReport, play_bag, restamp_cdr
 from taco_ros.bags.recorder import BagRecorder, record_bag
+from taco_ros.bags.results import ObjectView, WindowResult, read_vocabulary, read_windows
 from taco_ros.bags.rosbag import (
     STORAGES,
     BagMessage,
@@ -71,9 +72,11 @@ __all__ = [
     'BagPlayer',
     'BagRecorder',
     'BagSummary',
+    'ObjectView',
     'PlayReport',
     'SceneConfig',
     'SoundEvent',
+    'WindowResult',
     'audio_message',
     'bag_topics',
     'compressed_message',
@@ -91,7 +94,9 @@ __all__ = [
     'play_bag',
     'read_messages',
     'read_scene',
+    'read_vocabulary',
     'read_wav',
+    'read_windows',
     'record_bag',
     'remove_bag',
     'render_scene_frame',

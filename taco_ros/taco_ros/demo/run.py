@@ -158,43 +158,6 @@ def taco_node_command(settings: DemoSettings, image_topic: str, audio_topic: str
 
 
 # ------------------------------------------------------------------------------------ results
-def read_windows(results_bag: Path, node_name: str = '/taco_node') -> list[Any]:
-    """WindowResults of a recorded bag of taco_node outputs, in stamp order."""
-    import numpy as np
-
-    from taco_ros import bags
-    from taco_ros.demo.report import ObjectView, WindowResult
-
-    base = '/' + node_name.strip('/')
-    windows: dict[int, WindowResult] = {}
-    masks: dict[int, np.ndarray] = {}
-    activations: dict[int, np.ndarray] = {}
-    for message in bags.read_messages(results_bag, [f'{base}/objects', f'{base}/mask',
-                                                    f'{base}/audio_activation']):
-        msg = message.msg
-        stamp = bags.stamp_ns(msg.header.stamp)
-        if message.topic.endswith('/objects'):
-            windows[stamp] = WindowResult(
-                stamp_ns=stamp, audio_start_ns=bags.stamp_ns(msg.audio_start),
-                audio_end_ns=bags.stamp_ns(msg.audio_end), sounding=bool(msg.sounding),
-                confidence=float(msg.confidence), steps=int(msg.solver_steps),
-                cold_start=bool(msg.cold_start), mode=str(msg.mode), received_ns=message.log_ns,
-                objects=[ObjectView(int(o.mask_value), str(o.label), float(o.score),
-                                    float(o.confidence),
-                                    (int(o.bbox.x_offset), int(o.bbox.y_offset),
-                                     int(o.bbox.width), int(o.bbox.height)))
-                         for o in msg.objects])
-        elif message.topic.endswith('/mask'):
-            masks[stamp] = np.asarray(msg.data, np.uint8).reshape(msg.height, msg.step)[:, :msg.width]
-        else:
-            activations[stamp] = np.asarray(msg.activation, np.float32)
-    for stamp, window in windows.items():
-        window.mask = masks.get(stamp)
-        if stamp in activations:
-            window.activation = activations[stamp]
-    return [windows[s] for s in sorted(windows)]
-
-
 def played_frames(bag: Path, image_topic: str, stamps_ns: list[int],
                   wanted: set[int]) -> dict[int, Any]:
     """{played stamp: RGB frame} for the played stamps in ``wanted`` (the bag's frames in order)."""
@@ -358,7 +321,7 @@ def run_demo(settings: DemoSettings) -> DemoRun:
         stop_process(process)
 
     # 3. pictures and table
-    windows = read_windows(results)
+    windows = bags.read_windows(results)
     if not windows:
         raise RuntimeError(f'taco_node published no results; see {node_log}:\n{_tail(node_log)}')
     frames = played_frames(bag, image_topic, report.image_stamps_ns, {w.stamp_ns for w in windows})
