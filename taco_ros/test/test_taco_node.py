@@ -160,6 +160,57 @@ def check_window_outputs(harness: NodeHarness, stream: StreamPublisher,
             assert act.audio_start == match.audio_start
 
 
+# ------------------------------------------------------------------------------- outputs
+def _result(mask: np.ndarray) -> Any:
+    from taco_ros.core.contract import SoundingObjectResult, TacoResult
+
+    objects = [SoundingObjectResult(
+        mask_value=v, label=word, score=0.5 / v, top_labels=[word, 'cat'], top_scores=[0.5, 0.2],
+        confidence=0.8, audio_activation=0.6, bbox=(v, 2, 3, 4), factor_index=v + 2)
+        for v, word in ((1, 'dog'), (2, 'bird'))]
+    return TacoResult(
+        mask=mask, objects=objects, sounding=True, confidence=0.8, k_star=3, steps=17,
+        cold_start=True, mode='full', activation=np.array([0.1, 0.9, 0.4]),
+        token_offsets=np.array([0.0, 1 / 3, 2 / 3]), token_duration=1 / 3, window_duration=1.0,
+        timings={'total': 5.0}, score_map=None, random_weights=True)
+
+
+def test_output_messages_of_a_window() -> None:
+    from std_msgs.msg import Header
+
+    from taco_ros.conversions import sec_to_stamp
+    from taco_ros.core.contract import AudioWindow
+    from taco_ros.outputs import label_info_message, window_messages
+
+    mask = np.zeros((6, 8), np.uint8)
+    mask[1:3, 1:4], mask[4:, 5:] = 1, 2
+    header = Header(frame_id='camera', stamp=sec_to_stamp(1_700_000_000.5))
+    window = AudioWindow(samples=np.zeros(16000, np.float32), sample_rate=16000,
+                         start=1_700_000_000.25)
+    msgs = window_messages(_result(mask), header, window)
+    assert (msgs.mask.height, msgs.mask.width, msgs.mask.encoding) == (6, 8, 'mono8')
+    np.testing.assert_array_equal(np.frombuffer(bytes(msgs.mask.data), np.uint8).reshape(6, 8),
+                                  mask)
+    objects = msgs.objects
+    for msg in (msgs.mask, objects, msgs.activation):
+        assert msg.header.frame_id == 'camera' and msg.header.stamp == header.stamp
+    assert stamp_to_sec(objects.audio_start) == pytest.approx(1_700_000_000.25, abs=1e-6)
+    assert stamp_to_sec(objects.audio_end) == pytest.approx(1_700_000_001.25, abs=1e-6)
+    assert (objects.sounding, objects.solver_steps, objects.cold_start, objects.mode) == (
+        True, 17, True, 'full')
+    assert [(o.mask_value, o.label, o.factor_index) for o in objects.objects] == [
+        (1, 'dog', 3), (2, 'bird', 4)]
+    bbox = objects.objects[1].bbox
+    assert (bbox.x_offset, bbox.y_offset, bbox.width, bbox.height) == (2, 2, 3, 4)
+    act = msgs.activation
+    assert act.label == 'dog' and act.factor_index == 3 and act.audio_start == objects.audio_start
+    assert list(act.activation) == pytest.approx([0.1, 0.9, 0.4])
+    assert act.token_duration == pytest.approx(1 / 3) and act.window_duration == 1.0
+    info = label_info_message(['dog', 'bird'], 0.4, header.stamp)
+    assert [(c.class_id, c.class_name) for c in info.class_map] == [(0, 'dog'), (1, 'bird')]
+    assert info.threshold == pytest.approx(0.4)
+
+
 # ---------------------------------------------------------------------------- parameters
 def test_parameter_table_yaml_and_readme_agree() -> None:
     yaml_path = Path(__file__).resolve().parents[1] / 'config' / 'taco.yaml'
