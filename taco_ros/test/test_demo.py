@@ -109,20 +109,20 @@ def test_demo_defaults_are_the_user_sizes_and_small_is_for_ci() -> None:
 @pytest.mark.ros
 @pytest.mark.skipif(bool(tool_missing('espeak-ng', 'sox')), reason='needs espeak-ng and sox')
 @pytest.mark.skipif(not (LIB_DIR / 'taco_node').is_file(), reason='taco_node is not installed')
-def test_demo_runs_end_to_end_at_ci_size(tmp_path: Path) -> None:
+def test_live_demo_runs_end_to_end_at_ci_size(tmp_path: Path) -> None:
     out = tmp_path / 'demo'
     env = dict(os.environ, **isolate_dds(), XDG_CACHE_HOME=str(tmp_path / 'cache'))
     env.pop('TACO_MODEL_DIR', None)      # no weights anywhere: the random-weight path
     result = subprocess.run(
-        ['bash', '-c', f'source {INSTALL}/setup.bash && taco-ros demo --small --output-dir {out}'],
+        ['bash', '-c', f'source {INSTALL}/setup.bash && taco-ros demo --small --live --output-dir {out}'],
         env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = result.stdout
     assert text.count('masks are meaningless until you run `taco-ros models fetch`') == 2
 
     summary = json.loads((out / 'summary.json').read_text())
-    assert summary['random_weights'] is True
-    assert summary['windows'] >= 3 and summary['played_frames'] == 21      # 0 .. 4 s at 5 fps
+    assert summary['random_weights'] is True and summary['mode'] == 'live'
+    assert summary['windows'] >= 3 and summary['frames'] == 21      # 0 .. 4 s at 5 fps
     table = (out / 'windows.txt').read_text().splitlines()
     assert len(table) == 2 + summary['windows']
     assert table[2].split()[0] == '1.00'             # first window ends 1 s into the scene

@@ -5,11 +5,21 @@
   topic names and types of the node's inputs and outputs;
 - :mod:`.scene`: the synthetic scene (moving shapes; speech, tones, silences);
 - :mod:`.media`: bags from a video file (or image folder) plus a WAV file;
-- :mod:`.player`, :mod:`.recorder`: play and record through rclpy (imported only when used).
+- :mod:`.player`, :mod:`.recorder`: play and record through rclpy (imported only when used);
+- :mod:`.process` (with :mod:`.inputs`, :mod:`.result_writer`, :mod:`.node_params`): deterministic
+  replay of a bag through taco_node's window policy and pipeline into a result bag;
+- :mod:`.results`, :mod:`.compare`: read result bags back, compare two of them.
 
 The names below are the package's public API: ``from taco_ros import bags; bags.read_messages(...)``.
 """
 
+from taco_ros.bags.compare import (
+    Comparison,
+    Tolerances,
+    compare_bags,
+    compare_results,
+    format_comparison,
+)
 from taco_ros.bags.info import describe_bag
 from taco_ros.bags.media import make_media_bag, media_frames, read_wav
 from taco_ros.bags.messages import (
@@ -19,7 +29,9 @@ from taco_ros.bags.messages import (
     image_message,
     samples_from_message,
 )
+from taco_ros.bags.node_params import default_params_file, node_parameters, read_params_file
 from taco_ros.bags.player import BagPlayer, PlayReport, play_bag, restamp_cdr
+from taco_ros.bags.process import ProcessReport, format_report, process_bag
 from taco_ros.bags.recorder import BagRecorder, record_bag
 from taco_ros.bags.results import ObjectView, WindowResult, read_vocabulary, read_windows
 from taco_ros.bags.rosbag import (
@@ -53,6 +65,7 @@ from taco_ros.bags.topics import (
     DIAGNOSTICS_TOPIC,
     IMAGE_TOPIC,
     IMAGE_TYPE,
+    NODE_NAME,
     OUTPUT_TOPICS,
     message_class,
     output_topics,
@@ -65,6 +78,7 @@ __all__ = [
     'DIAGNOSTICS_TOPIC',
     'IMAGE_TOPIC',
     'IMAGE_TYPE',
+    'NODE_NAME',
     'OUTPUT_TOPICS',
     'SCENE_FILE',
     'STORAGES',
@@ -72,16 +86,24 @@ __all__ = [
     'BagPlayer',
     'BagRecorder',
     'BagSummary',
+    'Comparison',
     'ObjectView',
     'PlayReport',
+    'ProcessReport',
     'SceneConfig',
     'SoundEvent',
+    'Tolerances',
     'WindowResult',
     'audio_message',
     'bag_topics',
+    'compare_bags',
+    'compare_results',
     'compressed_message',
+    'default_params_file',
     'describe_bag',
     'find_topic',
+    'format_comparison',
+    'format_report',
     'frame_from_message',
     'header_first',
     'image_message',
@@ -89,10 +111,13 @@ __all__ = [
     'make_synthetic_bag',
     'media_frames',
     'message_class',
+    'node_parameters',
     'offered_qos',
     'output_topics',
     'play_bag',
+    'process_bag',
     'read_messages',
+    'read_params_file',
     'read_scene',
     'read_vocabulary',
     'read_wav',

@@ -1,12 +1,15 @@
-"""``taco-ros bag make|play|record|info``: rosbag2 files for machines without ``ros2 bag``.
+"""``taco-ros bag make|play|record|info|process|compare``: rosbag2 files without ``ros2 bag``, and
+deterministic replay of a bag through taco_node's windows and pipeline.
 
 Argument parsing only; the work is in :mod:`taco_ros.bags` (make: .scene and .media; play: .player;
-record: .recorder; info: .info).
+record: .recorder; info: .info; process: .process; compare: .compare).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
 
 from taco_ros import bags
 
@@ -77,6 +80,55 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info = sub.add_parser('info', help='topics, types, counts and duration of a bag')
     info.add_argument('bag')
     info.set_defaults(func=run_info)
+    _register_process(sub)
+    _register_compare(sub)
+
+
+def _register_process(sub: argparse._SubParsersAction) -> None:
+    process = sub.add_parser(
+        'process', help="run taco_node's windows and pipeline over a bag on bag time (every "
+        'window, no DDS, deterministic) and write its outputs into a new bag')
+    process.add_argument('input', help='bag with a camera and an audio topic (sqlite3 or MCAP)')
+    process.add_argument('--out', required=True, help='result bag directory to create')
+    process.add_argument('--params-file', default=None,
+                         help="taco_node's params file (YAML, as for --params-file; default: the "
+                         'node defaults, i.e. config/taco.yaml)')
+    process.add_argument('-p', '--param', action='append', default=[], metavar='NAME:=VALUE',
+                         help='override one parameter (YAML value), like ros2 run -p')
+    process.add_argument('--node-name', default=bags.NODE_NAME,
+                         help='fully qualified node name: picks params-file entries, names the '
+                         'output topics')
+    process.add_argument('--image-topic', default=None,
+                         help='camera topic (default: the first Image/CompressedImage topic)')
+    process.add_argument('--audio-topic', default=None,
+                         help='audio topic (default: the first topic of an audio type the node reads)')
+    process.add_argument('--debug-image', action='store_true', help='also write debug_image')
+    process.add_argument('--copy-inputs', action='store_true',
+                         help='also write the camera and audio messages (frames beside the masks '
+                         'in Foxglove)')
+    process.add_argument('--storage', choices=bags.STORAGES, default=None,
+                         help="output storage (default: the input's)")
+    process.add_argument('--max-windows', type=int, default=None, help='stop after N windows')
+    process.add_argument('--pictures', default=None, metavar='DIR',
+                         help="write the demo's contact sheet, GIF/MP4 and table into DIR")
+    process.add_argument('--no-progress', action='store_true', help='no progress bar')
+    process.add_argument('--overwrite', action='store_true', help='replace an existing --out bag')
+    process.set_defaults(func=run_process)
+
+
+def _register_compare(sub: argparse._SubParsersAction) -> None:
+    compare = sub.add_parser(
+        'compare', help='compare the results of two result bags window by window (exit code 1 '
+        'on a difference beyond the tolerances)')
+    compare.add_argument('a', help='result bag A')
+    compare.add_argument('b', help='result bag B')
+    compare.add_argument('--iou-tol', type=float, default=bags.Tolerances.min_iou,
+                         help='smallest acceptable mask IoU (foreground) of a window')
+    compare.add_argument('--confidence-tol', type=float, default=bags.Tolerances.confidence,
+                         help='largest acceptable |confidence difference| of a window')
+    compare.add_argument('--node-name', default=bags.NODE_NAME,
+                         help="taco_node's fully qualified name in both bags")
+    compare.set_defaults(func=run_compare)
 
 
 def _parse_size(text: str | None) -> tuple[int, int] | None:
@@ -152,3 +204,53 @@ def run_record(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     print(bags.describe_bag(args.bag))
     return 0
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    values = {}
+    for item in items:
+        if ':=' not in item:
+            raise ValueError(f'-p expects NAME:=VALUE, got {item!r}')
+        name, text = item.split(':=', 1)
+        values[name.strip()] = yaml.safe_load(text) if text.strip() else ''
+    return values
+
+
+def run_process(args: argparse.Namespace) -> int:
+    values, notes = bags.node_parameters(args.params_file, _parse_params(args.param),
+                                         node_name=args.node_name)
+    for note in notes:
+        print(f'note: {note}', file=sys.stderr)
+    if args.overwrite:
+        bags.remove_bag(args.out)
+    report = bags.process_bag(
+        args.input, args.out, values, image_topic=args.image_topic, audio_topic=args.audio_topic,
+        storage=args.storage, node_name=args.node_name, debug_image=args.debug_image,
+        copy_inputs=args.copy_inputs, max_windows=args.max_windows,
+        progress=not args.no_progress)
+    print(bags.format_report(report))
+    if args.pictures:
+        from pathlib import Path
+
+        from taco_ros.demo.pictures import pictures_of_bag
+
+        pictures = pictures_of_bag(
+            Path(args.pictures), args.input, args.out, report.image_topic,
+            random_weights=report.random_weights, node_name=args.node_name,
+            title=f'taco_ros bag process: {report.model_config} on {report.device}, '
+                  f'{report.windows} windows')
+        print(f'pictures: {pictures.contact_sheet}, {pictures.gif}, {pictures.table_file}')
+    if report.random_weights:
+        from taco_ros.demo.report import RANDOM_WEIGHTS_BANNER
+
+        print(RANDOM_WEIGHTS_BANNER)
+    return 0 if report.windows and not report.failed else 1
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    tolerances = bags.Tolerances(min_iou=args.iou_tol, confidence=args.confidence_tol)
+    comparison = bags.compare_bags(args.a, args.b, tolerances, node_name=args.node_name)
+    print(bags.format_comparison(comparison))
+    return 0 if comparison.ok else 1
