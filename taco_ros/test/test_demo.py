@@ -1,5 +1,6 @@
 """The demo: its report pieces on made-up windows, its settings, and the whole `taco-ros demo --small`
-run end to end (bag → taco_node process → recorded outputs → GIF, MP4, contact sheet, table)."""
+run end to end, both ways: bag → bag process (every window on bag time) → GIF, MP4, contact sheet,
+table; and --live: bag → taco_node process over DDS → recorded outputs → the same pictures."""
 
 from __future__ import annotations
 
@@ -104,6 +105,37 @@ def test_demo_defaults_are_the_user_sizes_and_small_is_for_ci() -> None:
     with pytest.raises(ValueError, match='--size'):
         settings_from_args(argparse.Namespace(**{**vars(parser.parse_args(['demo'])),
                                                  'size': '640'}))
+
+
+@pytest.mark.skipif(bool(tool_missing('espeak-ng', 'sox')), reason='needs espeak-ng and sox')
+def test_demo_processes_every_window_at_ci_size(tmp_path: Path) -> None:
+    out = tmp_path / 'demo'
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / 'cache'))
+    env.pop('TACO_MODEL_DIR', None)      # no weights anywhere: the random-weight path
+    result = subprocess.run(
+        ['bash', '-c', f'source {INSTALL}/setup.bash && taco-ros demo --small --output-dir {out}'],
+        env=env, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = result.stdout
+    assert text.count('masks are meaningless until you run `taco-ros models fetch`') == 2
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['mode'] == 'process' and summary['random_weights'] is True
+    # Every window of the 4 s scene, however slow this machine is: windows end at 1, 2, 3, 4 s.
+    assert summary['windows'] == 4 and summary['frames'] == 21
+    assert summary['median_latency_ms'] is None
+    assert summary['windows_per_second'] == pytest.approx(4 / summary['seconds'])
+    assert f"processed in {summary['seconds']:.1f} s" in text
+    table = (out / 'windows.txt').read_text().splitlines()
+    assert [row.split()[0] for row in table[2:]] == ['1.00', '2.00', '3.00', '4.00']
+    assert '\n'.join(table) in text
+    from PIL import Image
+    with Image.open(out / 'overlay.gif') as gif:
+        assert gif.n_frames == 4
+    with Image.open(out / 'contact_sheet.png') as sheet:
+        assert sheet.size[0] >= 640
+    from taco_ros import bags
+    recorded = bags.bag_topics(out / 'results_bag')
+    assert recorded['/taco_node/objects'][1] == 4 and recorded['/taco_node/label_info'][1] == 1
 
 
 @pytest.mark.ros
