@@ -42,6 +42,10 @@ MAX_BUFFER_BYTES = 256 * 2 ** 20
 EPS = 1e-6
 
 
+class SizeLimitError(ValueError):
+    """An input declares a size over a limit; it is refused before anything is allocated."""
+
+
 @dataclass
 class PushReport:
     """What :meth:`AudioRingBuffer.push` (or :meth:`WindowPolicy.add_audio`) did with one chunk.
@@ -99,12 +103,13 @@ def check_format(capacity_sec: float, sample_rate: int, channels: int) -> None:
     if int(sample_rate) <= 0:
         raise ValueError(f'sample_rate must be positive, got {sample_rate}')
     if int(sample_rate) > MAX_SAMPLE_RATE:
-        raise ValueError(f'sample_rate {sample_rate} Hz is above the {MAX_SAMPLE_RATE} Hz limit')
+        raise SizeLimitError(
+            f'sample_rate {sample_rate} Hz is above the {MAX_SAMPLE_RATE} Hz limit')
     if not 1 <= channels <= MAX_CHANNELS:
-        raise ValueError(f'{channels} audio channels is outside 1..{MAX_CHANNELS}')
+        raise SizeLimitError(f'{channels} audio channels is outside 1..{MAX_CHANNELS}')
     size = buffer_bytes(capacity_sec, int(sample_rate), channels)
     if size > MAX_BUFFER_BYTES:
-        raise ValueError(
+        raise SizeLimitError(
             f'{capacity_sec:g} s of {channels}-channel audio at {sample_rate} Hz needs '
             f'{size / 2 ** 20:.0f} MiB, more than the {MAX_BUFFER_BYTES // 2 ** 20} MiB limit')
 

@@ -48,6 +48,7 @@ from taco_ros.core.buffers import (
     FrameBuffer,
     Pairing,
     PushReport,
+    SizeLimitError,
     WindowScheduler,
     as_frames,
     check_format,
@@ -57,7 +58,7 @@ from taco_ros.core.contract import CLAP_CONTEXT_SEC, PAIR_WITH, AudioWindow
 __all__ = [
     'EPS', 'MAX_BUFFER_BYTES', 'MAX_CHANNELS', 'MAX_SAMPLE_RATE', 'RESET_BACKWARD_JUMP',
     'RESET_CAMERA_JUMP', 'RESET_FORMAT_CHANGE', 'RESET_LARGE_GAP', 'AudioRingBuffer', 'AudioWindow',
-    'FrameBuffer', 'Pairing', 'PushReport', 'WindowJob', 'WindowPolicy', 'WindowScheduler',
+    'FrameBuffer', 'Pairing', 'PushReport', 'SizeLimitError', 'WindowJob', 'WindowPolicy', 'WindowScheduler',
     'WindowSettings', 'as_frames', 'check_format',
 ]
 
@@ -165,7 +166,39 @@ class _HeldChunk:
         return self.stamp + self.frames.shape[0] / self.sample_rate
 
 
-class WindowPolicy(Generic[T]):
+class PolicyReport:
+    """What a window policy counts and tells: window drops by cause, stream restarts by reason,
+    input oddities that cost no window, and one-line notices for the log."""
+
+    def __init__(self) -> None:
+        self.drops: Counter[str] = Counter()      # windows not handed out, by cause
+        self.restarts: Counter[str] = Counter()   # stream restarts, by RESET_* reason
+        self.events: Counter[str] = Counter()     # input oddities that cost no window
+        self._notices: list[str] = []
+        self._noticed: dict[str, float] = {}
+        self._cold_reason: str | None = None
+
+    def take_notices(self) -> list[str]:
+        """Readable one-line reports of restarts and stray stamps since the last call."""
+        notices, self._notices = self._notices, []
+        return notices
+
+    def _notify(self, key: str, text: str, now: float | None) -> None:
+        """Add a notice unless the same kind was given less than NOTICE_INTERVAL_SEC ago."""
+        last = self._noticed.get(key)
+        if now is not None and last is not None and now - last < NOTICE_INTERVAL_SEC:
+            return
+        self._noticed[key] = now if now is not None else 0.0
+        self._notices.append(text)
+
+    def _restart(self, reason: str, text: str) -> None:
+        """A stream restarted: count it, tell it once, and start the next window cold."""
+        self.restarts[reason] += 1
+        self._cold_reason = f'inputs restarted: {text}'
+        self._notices.append(f'inputs restarted: {text}')
+
+
+class WindowPolicy(PolicyReport, Generic[T]):
     """Audio windows and their camera frames, on the caller's clock (see the module docstring).
 
     ``T`` is whatever the caller stores per frame (the node: the ROS message, decoded only when
@@ -175,13 +208,9 @@ class WindowPolicy(Generic[T]):
 
     def __init__(self, settings: WindowSettings | None = None, *,
                  max_frames: int = MAX_FRAMES) -> None:
+        super().__init__()
         self.settings = settings or WindowSettings()
         self.max_frames = int(max_frames)
-        self.drops: Counter[str] = Counter()      # windows not handed out, by cause
-        self.restarts: Counter[str] = Counter()   # stream restarts, by RESET_* reason
-        self.events: Counter[str] = Counter()     # input oddities that cost no window
-        self._notices: list[str] = []
-        self._noticed: dict[str, float] = {}
         # The prune bound follows the last next_job call; until then keep what a queue would need.
         self._newest_only = False
         self._backlog: int | None = None
@@ -241,18 +270,6 @@ class WindowPolicy(Generic[T]):
     def audio_end(self) -> float | None:
         """Capture time one past the newest audio sample held."""
         return self.audio.end_time
-
-    def take_notices(self) -> list[str]:
-        """Readable one-line reports of restarts and stray stamps since the last call."""
-        notices, self._notices = self._notices, []
-        return notices
-
-    def _notify(self, key: str, text: str, now: float | None) -> None:
-        last = self._noticed.get(key)
-        if now is not None and last is not None and now - last < NOTICE_INTERVAL_SEC:
-            return
-        self._noticed[key] = now if now is not None else 0.0
-        self._notices.append(text)
 
     # -- audio ------------------------------------------------------------------------------------
     def add_audio(self, samples: np.ndarray, stamp: float, sample_rate: int, *, now: float,
@@ -353,11 +370,6 @@ class WindowPolicy(Generic[T]):
                     f'{chunk.sample_rate} Hz x {chunk.frames.shape[1]}')
         self._restart(reason, text)
         return report
-
-    def _restart(self, reason: str, text: str) -> None:
-        self.restarts[reason] += 1
-        self._cold_reason = f'inputs restarted: {text}'
-        self._notices.append(f'inputs restarted: {text}')
 
     def _due_count(self) -> int:
         """Complete windows not handed out yet (lost if the audio is cleared now)."""
