@@ -318,6 +318,20 @@ def test_params_file_entries_apply_like_rcl(tmp_path: Path) -> None:
     assert installed == params.defaults()
 
 
+def test_replay_builds_the_pipeline_config_the_node_builds() -> None:
+    from types import SimpleNamespace
+
+    from taco_ros.node_parameters import NodeParameters
+
+    for overrides in ({}, {'solver_max_steps': 12, 'vocabulary': ['a', 'b'], 'anchors': '/x.st',
+                           'mode': 'coarse', 'model_dir': '/m', 'seed': 7, 'resize': 'letterbox',
+                           'silence_rms': 0.0, 'audio_context': 'history', 'buffer_sec': 12.0}):
+        values, _ = bags.node_parameters(None, overrides)
+        node = SimpleNamespace(_p=values, _pipeline_options=NodeParameters._pipeline_options)
+        assert bags.node_params.pipeline_config(values, keep_text_encoders=True) == \
+            NodeParameters.pipeline_config(node)
+
+
 def test_bad_bags_are_refused_before_the_models_load(tmp_path: Path) -> None:
     frames = [(i * 0.2, np.zeros((8, 8, 3), np.uint8)) for i in range(5)]
     bags.write_bag(tmp_path / 'in', frames, np.zeros(8000, np.int16), 8000)

@@ -57,7 +57,7 @@ class InputDecoder:
 
         msg = deserialize_message(raw, self.image_class)
         if self.compressed:
-            conv.check_compressed(msg)
+            conv.check_compressed(msg, self.values['max_image_pixels'])
         else:
             conv.check_image(msg, self.values['max_image_pixels'])
         return msg

@@ -114,16 +114,12 @@ def node_parameters(params_file: str | os.PathLike | None = None,
             if name not in _ROS_OWN and not name.startswith('qos_overrides.'):
                 notes.append(f'{name}: not a taco_node parameter, ignored')
             continue
-        if name == 'vocabulary':
-            value = [] if value in (None, '', []) else value
-        if spec.type_name == 'double' and isinstance(value, int) and not isinstance(value, bool):
-            problems.append(f'{name} has type int, it must be a double (write {value}.0)')
-            continue
+        value = params.normalise(name, value)
         reason = params.validate(name, value)
         if reason:
             problems.append(reason)
             continue
-        values[name] = list(value) if name == 'vocabulary' else value
+        values[name] = value
     if not problems:
         reason = params.validate_together(values)
         if reason:

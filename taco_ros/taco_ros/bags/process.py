@@ -204,7 +204,7 @@ class BagProcessor:
         self.policy.add_frame(stamp, msg, now=now)
 
     def _add_audio(self, message: BagMessage) -> None:
-        from taco_ros.taco_node import RECEIPT_STAMP_TOLERANCE
+        from taco_ros.node_inputs import RECEIPT_STAMP_TOLERANCE
 
         self.report.audio_chunks += 1
         now = message.log_ns / 1e9
