@@ -332,7 +332,8 @@ def test_replay_builds_the_pipeline_config_the_node_builds() -> None:
             NodeParameters.pipeline_config(node)
 
 
-def test_bad_bags_are_refused_before_the_models_load(tmp_path: Path) -> None:
+def test_bad_bags_are_refused_before_the_models_load(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     frames = [(i * 0.2, np.zeros((8, 8, 3), np.uint8)) for i in range(5)]
     bags.write_bag(tmp_path / 'in', frames, np.zeros(8000, np.int16), 8000)
     values, _ = bags.node_parameters(None, {'device': 'cpu'})
@@ -347,6 +348,12 @@ def test_bad_bags_are_refused_before_the_models_load(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         bags.process_bag(tmp_path / 'in', tmp_path / 'in', values)
     assert not (tmp_path / 'out').exists()
+    # On the command line bad input is exit code 2 (a difference is 1) with a one-line reason.
+    assert main(['bag', 'process', str(tmp_path / 'in'), '--out', str(tmp_path / 'in')]) == 2
+    assert main(['bag', 'process', str(tmp_path / 'in'), '--out', str(tmp_path / 'o'),
+                 '-p', 'hop_sec:=1']) == 2
+    assert main(['bag', 'compare', str(tmp_path / 'missing'), str(tmp_path / 'in')]) == 2
+    assert 'does not exist' in capsys.readouterr().err
 
 
 # -- a bag recorded from a live node ---------------------------------------------------------------

@@ -218,7 +218,20 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
     return values
 
 
+def _input_error(command: str, exc: Exception) -> int:
+    """Exit code 2 with one line: bad input is not a difference (exit code 1) for a CI job."""
+    print(f'taco-ros bag {command}: error: {exc}', file=sys.stderr)
+    return 2
+
+
 def run_process(args: argparse.Namespace) -> int:
+    try:
+        return _process(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        return _input_error('process', exc)
+
+
+def _process(args: argparse.Namespace) -> int:
     values, notes = bags.node_parameters(args.params_file, _parse_params(args.param),
                                          node_name=args.node_name)
     for note in notes:
@@ -250,7 +263,10 @@ def run_process(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    tolerances = bags.Tolerances(min_iou=args.iou_tol, confidence=args.confidence_tol)
-    comparison = bags.compare_bags(args.a, args.b, tolerances, node_name=args.node_name)
+    try:
+        tolerances = bags.Tolerances(min_iou=args.iou_tol, confidence=args.confidence_tol)
+        comparison = bags.compare_bags(args.a, args.b, tolerances, node_name=args.node_name)
+    except (FileNotFoundError, ValueError) as exc:
+        return _input_error('compare', exc)
     print(bags.format_comparison(comparison))
     return 0 if comparison.ok else 1
