@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from taco_ros.core.buffers import MAX_CHANNELS, MAX_SAMPLE_RATE
+
 # Codings that carry raw PCM; the capture node's default, mp3, is compressed.
 RAW_CODINGS = ('wave', 'wav', 'raw', 'pcm', '')
-MAX_CHANNELS = 64
-MAX_SAMPLE_RATE = 384_000
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,11 @@ Audio arrives in several message layouts (ros.md §4); each decoder returns an
 capture time of the first sample (None when the message carries no stamp). Both
 ``audio_common_msgs`` flavours are supported when one is importable; which one is installed is
 detected from the fields of its ``AudioData`` (they share type names with different fields).
+
+Every size a message declares is bounded before anything is allocated for it: sample rate and
+channels (:data:`MAX_SAMPLE_RATE`, :data:`MAX_CHANNELS`), values per audio message
+(:data:`MAX_AUDIO_VALUES`), pixels of raw and compressed images (``max_pixels``, read from a jpeg or
+png header before decoding). Such a refusal raises :class:`InputTooLargeError`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,16 @@ import numpy as np
 
 from taco_ros import camera_encodings
 from taco_ros.audio_formats import RawAudioFormat, decode_pcm
+from taco_ros.core.windows import MAX_CHANNELS, MAX_SAMPLE_RATE, SizeLimitError
+
+# Values (samples of all channels) in one audio message: 4 Mi float32 = 16 MiB once decoded,
+# over 4 minutes of 16 kHz mono; a microphone sends tens of milliseconds per message.
+MAX_AUDIO_VALUES = 2 ** 22
+
+
+class InputTooLargeError(SizeLimitError):
+    """A message declares a size over a limit (refused before allocating for it)."""
+
 
 # Encodings numpy_to_image writes → channels (camera_encodings.SUPPORTED_ENCODINGS are read).
 IMAGE_ENCODINGS: dict[str, int] = {'rgb8': 3, 'bgr8': 3, 'rgba8': 4, 'bgra8': 4, 'mono8': 1}
@@ -81,6 +96,7 @@ def image_array_to_rgb(
 def _pixel_view(encoding: str, height: int, width: int, step: int, data: Any,
                 max_pixels: int | None, is_bigendian: bool = False) -> np.ndarray:
     """Checked, zero-copy [height, width, channels] view of the message bytes."""
+    _check_pixels(width, height, max_pixels)   # counted as a size refusal, before any view
     return camera_encodings.pixel_view(encoding, height, width, step, data, max_pixels,
                                        is_bigendian)
 
@@ -91,11 +107,55 @@ def check_image(msg: Any, max_pixels: int | None = None) -> None:
                 bool(msg.is_bigendian))
 
 
-def check_compressed(msg: Any) -> None:
-    """Raise ValueError if a ``CompressedImage`` has an unsupported format or no data."""
-    _compressed_codec(msg.format)
-    if len(msg.data) == 0:
+def check_compressed(msg: Any, max_pixels: int | None = None) -> None:
+    """Raise ValueError if a ``CompressedImage`` has an unsupported format, no data, or a header
+    that cannot be read or declares more than ``max_pixels`` pixels (nothing is decoded)."""
+    codec = _compressed_codec(msg.format)
+    data = np.frombuffer(msg.data, dtype=np.uint8)
+    if data.size == 0:
         raise ValueError('compressed image has no data')
+    size = compressed_size(data)
+    if size is None:
+        raise ValueError(f'cannot read the image size from the {codec} header')
+    _check_pixels(*size, max_pixels)
+
+
+def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and height * width > max_pixels:
+        raise InputTooLargeError(
+            f'image {width}x{height} has {height * width} pixels, more than max_image_pixels '
+            f'= {max_pixels}')
+
+
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic): they carry the size.
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+def compressed_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from a png or jpeg header, None when it cannot be read."""
+    head = data[:24].tobytes()
+    if head.startswith(_PNG_SIGNATURE) and head[12:16] == b'IHDR' and len(head) >= 24:
+        return int.from_bytes(head[16:20], 'big'), int.from_bytes(head[20:24], 'big')
+    if data.size < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return None
+    index = 2
+    while index + 9 <= data.size:
+        if data[index] != 0xFF:
+            return None
+        marker = int(data[index + 1])
+        if marker == 0xFF:          # fill byte
+            index += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD9)):     # markers without a length
+            index += 2
+            continue
+        if marker in _JPEG_SOF:
+            height = int(data[index + 5]) << 8 | int(data[index + 6])
+            width = int(data[index + 7]) << 8 | int(data[index + 8])
+            return width, height
+        index += 2 + (int(data[index + 2]) << 8 | int(data[index + 3]))
+    return None
 
 
 def _to_rgb(pixels: np.ndarray, encoding: str) -> np.ndarray:
@@ -121,14 +181,14 @@ def compressed_to_rgb(msg: Any, max_pixels: int | None = None) -> np.ndarray:
     data = np.frombuffer(msg.data, dtype=np.uint8)
     if data.size == 0:
         raise ValueError('compressed image has no data')
+    size = compressed_size(data)
+    if size is not None:    # refused before OpenCV allocates the decoded frame
+        _check_pixels(*size, max_pixels)
     decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if decoded is None:
         raise ValueError(f'could not decode {data.size} bytes as {codec}')
     height, width = decoded.shape[:2]
-    if max_pixels is not None and height * width > max_pixels:
-        raise ValueError(
-            f'image {width}x{height} has {height * width} pixels, more than max_image_pixels '
-            f'= {max_pixels}')
+    _check_pixels(width, height, max_pixels)
     return np.ascontiguousarray(decoded[..., ::-1])  # OpenCV decodes to BGR
 
 
@@ -222,38 +282,86 @@ def _header_stamp(msg: Any) -> float | None:
 def _check_rate(rate: int) -> int:
     if int(rate) <= 0:
         raise ValueError(f'audio sample rate must be positive, got {rate}')
+    if int(rate) > MAX_SAMPLE_RATE:
+        raise InputTooLargeError(f'audio sample rate {rate} Hz is above the {MAX_SAMPLE_RATE} Hz limit')
     return int(rate)
+
+
+def _check_channels(channels: int) -> int:
+    if int(channels) < 1:
+        raise ValueError(f'channel count must be >= 1, got {channels}')
+    if int(channels) > MAX_CHANNELS:
+        raise InputTooLargeError(f'{channels} audio channels is more than the {MAX_CHANNELS} limit')
+    return int(channels)
+
+
+def _check_length(values: Any) -> Any:
+    if len(values) > MAX_AUDIO_VALUES:
+        raise InputTooLargeError(
+            f'audio message has {len(values)} values, more than the {MAX_AUDIO_VALUES} limit')
+    return values
 
 
 def decode_audio_chunk(msg: Any) -> AudioChunkData:
     """``taco_msgs/AudioChunk`` → :class:`AudioChunkData`."""
     rate = _check_rate(msg.sample_rate)
-    channels = int(msg.channels)
+    channels = _check_channels(msg.channels)
     fmt = int(msg.sample_format)
     if fmt == msg.FORMAT_S16:
-        frames = interleaved_to_frames(msg.int16_data, channels, 32768.0)
+        frames = interleaved_to_frames(_check_length(msg.int16_data), channels, 32768.0)
     elif fmt == msg.FORMAT_S32:
-        frames = interleaved_to_frames(msg.int32_data, channels, 2.0 ** 31)
+        frames = interleaved_to_frames(_check_length(msg.int32_data), channels, 2.0 ** 31)
     elif fmt == msg.FORMAT_F32:
-        frames = interleaved_to_frames(msg.float32_data, channels)
+        frames = interleaved_to_frames(_check_length(msg.float32_data), channels)
     else:
         raise ValueError(f'unknown AudioChunk sample_format {fmt}')
     return AudioChunkData(frames, rate, _header_stamp(msg))
 
 
 def decode_multiarray(msg: Any, sample_rate: int, channels: int) -> AudioChunkData:
-    """``std_msgs/Int16MultiArray`` or ``Float32MultiArray`` (interleaved) → chunk without stamp.
+    """``std_msgs/Int16MultiArray`` or ``Float32MultiArray`` → chunk without stamp.
 
-    The layout carries no rate, so ``sample_rate`` and ``channels`` come from parameters; a
-    two-dimensional layout ([frames, channels]) overrides ``channels``.
+    The message carries no rate, so ``sample_rate`` comes from a parameter. Its layout is used or
+    refused, never ignored: no dimension = interleaved samples with ``channels`` from the
+    parameter; one dimension = the same, its size must match the data; two dimensions = [frames,
+    channels] interleaved, or [channels, frames] planar when the first is labelled 'channel(s)';
+    ``data_offset`` values are skipped. Sizes or strides that do not match the data, or more
+    dimensions, raise ValueError.
     """
     rate = _check_rate(sample_rate)
-    dims = list(getattr(msg.layout, 'dim', []) or [])
-    if len(dims) == 2 and int(dims[1].size) > 0:
-        channels = int(dims[1].size)
-    data = np.asarray(msg.data)
-    scale = 32768.0 if data.dtype.kind in 'iu' else 1.0
-    return AudioChunkData(interleaved_to_frames(data, channels, scale), rate, None)
+    data = np.asarray(_check_length(msg.data))
+    offset, channels, planar = multiarray_layout(msg.layout, data.size, channels)
+    values = data[offset:]
+    scale = 32768.0 if values.dtype.kind in 'iu' else 1.0
+    if planar:
+        values = values.reshape(channels, -1).T
+    return AudioChunkData(interleaved_to_frames(values, channels, scale), rate, None)
+
+
+def multiarray_layout(layout: Any, count: int, channels: int) -> tuple[int, int, bool]:
+    """(data_offset, channels, planar) of a MultiArrayLayout over ``count`` values; ValueError
+    when the layout does not describe audio that fits the data."""
+    offset = int(layout.data_offset)
+    dims = list(layout.dim)
+    values = count - offset
+    if values < 0:
+        raise ValueError(f'layout data_offset {offset} is past the {count} values')
+    sizes = [int(d.size) for d in dims]
+    if len(dims) > 2:
+        raise ValueError(f'a multiarray layout with {len(dims)} dimensions is not audio; use '
+                         '[frames, channels] or [channels, frames]')
+    if len(dims) == 1 and sizes[0] not in (0, values):
+        raise ValueError(f'layout declares {sizes[0]} values, the message has {values}')
+    if len(dims) == 2:
+        if 0 in sizes or sizes[0] * sizes[1] != values:
+            raise ValueError(f'layout {sizes[0]}x{sizes[1]} does not match the {values} values')
+        strides = [int(d.stride) for d in dims]
+        if strides[0] not in (0, values) or strides[1] not in (0, sizes[1]):
+            raise ValueError(f'layout strides {strides} do not describe a dense '
+                             f'{sizes[0]}x{sizes[1]} array')
+        planar = dims[0].label.strip().lower() in ('channel', 'channels')
+        return offset, _check_channels(sizes[0] if planar else sizes[1]), planar
+    return offset, _check_channels(channels), False
 
 
 def decode_audio_common_stamped(msg: Any) -> AudioChunkData:
@@ -270,18 +378,18 @@ def decode_audio_common_stamped(msg: Any) -> AudioChunkData:
     info = msg.audio.info
     data = msg.audio.audio_data
     rate = _check_rate(info.rate)
-    channels = int(info.channels)
+    channels = _check_channels(info.channels)
     fmt = int(info.format)
     if fmt == PA_FLOAT32:
-        frames = interleaved_to_frames(data.float32_data, channels)
+        frames = interleaved_to_frames(_check_length(data.float32_data), channels)
     elif fmt == PA_INT32:
-        frames = interleaved_to_frames(data.int32_data, channels, 2.0 ** 31)
+        frames = interleaved_to_frames(_check_length(data.int32_data), channels, 2.0 ** 31)
     elif fmt == PA_INT16:
-        frames = interleaved_to_frames(data.int16_data, channels, 32768.0)
+        frames = interleaved_to_frames(_check_length(data.int16_data), channels, 32768.0)
     elif fmt == PA_INT8:
-        frames = interleaved_to_frames(data.int8_data, channels, 128.0)
+        frames = interleaved_to_frames(_check_length(data.int8_data), channels, 128.0)
     elif fmt == PA_UINT8:
-        frames = interleaved_to_frames(data.uint8_data, channels, 128.0, 128.0)
+        frames = interleaved_to_frames(_check_length(data.uint8_data), channels, 128.0, 128.0)
     else:
         raise ValueError(f'unsupported PortAudio sample format code {fmt}')
     return AudioChunkData(frames, rate, _header_stamp(msg))
@@ -307,7 +415,12 @@ def decode_audio_data(msg: Any, info: RawAudioFormat) -> AudioChunkData:
     guessed defaults.
     """
     stamped = hasattr(msg, 'audio') and hasattr(msg, 'header')
-    frames = decode_pcm(audio_data_bytes(msg), info)
+    data = audio_data_bytes(msg)
+    if len(data) > MAX_AUDIO_VALUES * 4:
+        raise InputTooLargeError(f'audio message has {len(data)} bytes, more than '
+                                 f'{MAX_AUDIO_VALUES} 32-bit samples')
+    _check_channels(info.channels)
+    frames = decode_pcm(data, info)
     return AudioChunkData(frames, _check_rate(info.sample_rate),
                           _header_stamp(msg) if stamped else None)
 

@@ -9,6 +9,9 @@ Design (ros.md §2 and §4):
 - Input overflows, blocks dropped between the threads, clock re-syncs and device errors are reported on
   ``/diagnostics``. A missing or lost device is an ERROR status and a retry with exponential back-off; the
   process stays up so a microphone plugged in later is picked up.
+- Parameters are declared from ``taco_ros.params.MIC_PARAMETERS`` (the table config/mic.yaml and the README
+  are generated from). A refused value (wrong type, out of range, not a choice) is reported and replaced by
+  its default; the node keeps running and says so on ``/diagnostics``.
 """
 
 from __future__ import annotations
@@ -24,12 +27,11 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
 from taco_msgs.msg import AudioChunk
-from taco_ros.params import QOS_PROFILES, qos_profile
+from taco_ros import params
 
 # sample_format parameter (also the sounddevice dtype) → (AudioChunk constant, filled field, array typecode)
 SAMPLE_FORMATS: dict[str, tuple[int, str, str]] = {
@@ -143,20 +145,12 @@ class _CapturedBlock:
     generation: int        # stream instance; a new one starts a new sample clock
 
 
-def _float_range(low: float, high: float) -> list[FloatingPointRange]:
-    return [FloatingPointRange(from_value=low, to_value=high, step=0.0)]
-
-
-def _int_range(low: int, high: int) -> list[IntegerRange]:
-    return [IntegerRange(from_value=low, to_value=high, step=1)]
-
-
 class MicNode(Node):
     """Publishes ``audio`` (taco_msgs/AudioChunk) from a sounddevice input stream; health on /diagnostics."""
 
     def __init__(self, **kwargs: Any):
-        super().__init__('mic_node', **kwargs)
-        self._declare_parameters()
+        super().__init__(params.MIC_NODE_NAME, **kwargs)
+        self.parameter_problems = params.declare_all(self, params.MIC_NODE_NAME)
         p = self._read_parameters()
         self.device_spec: str = p['device']
         self.sample_rate: int = p['sample_rate']
@@ -171,7 +165,7 @@ class MicNode(Node):
         self._clock_tolerance_s: float = p['clock_tolerance_s']
 
         self._publisher = self.create_publisher(
-            AudioChunk, p['topic'], qos_profile(p['qos'], p['qos_depth']))
+            AudioChunk, p['topic'], params.qos_profile(p['qos'], p['qos_depth']))
         self._diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
 
         # Between the PortAudio thread and the publisher thread: about two seconds of blocks.
@@ -202,59 +196,24 @@ class MicNode(Node):
         self.create_timer(p['diagnostics_period_s'], self._publish_diagnostics)
 
     # -- parameters ---------------------------------------------------------------------------------
-    def _declare_parameters(self) -> None:
-        def desc(text: str, **extra: Any) -> ParameterDescriptor:
-            return ParameterDescriptor(description=text, read_only=True, **extra)
-
-        self.declare_parameter('device', '', desc(
-            'Input device: "" or -1 = the default input device, an integer = PortAudio device index, '
-            'otherwise a case-insensitive substring of the device name.', dynamic_typing=True))
-        self.declare_parameter('sample_rate', 16000, desc(
-            'Capture rate in frames per second.', integer_range=_int_range(8000, 192000)))
-        self.declare_parameter('channels', 1, desc(
-            'Interleaved channels captured and published.', integer_range=_int_range(1, 32)))
-        self.declare_parameter('block_size', 512, desc(
-            'Frames per published block (PortAudio blocksize); 512 at 16 kHz = 32 ms.',
-            integer_range=_int_range(16, 65536)))
-        self.declare_parameter('sample_format', 'int16', desc(
-            'Sample format captured and published: int16, int32 or float32.',
-            additional_constraints='one of: ' + ', '.join(SAMPLE_FORMATS)))
-        self.declare_parameter('frame_id', 'microphone', desc('header.frame_id of published blocks.'))
-        self.declare_parameter('topic', 'audio', desc('Output topic (relative to the namespace).'))
-        self.declare_parameter('qos', 'sensor_data', desc(
-            'Publisher QoS: sensor_data (best effort), reliable, best_effort or system_default.',
-            additional_constraints='one of: ' + ', '.join(QOS_PROFILES)))
-        self.declare_parameter('qos_depth', 20, desc(
-            'History depth of the publisher.', integer_range=_int_range(1, 1000)))
-        self.declare_parameter('retry_initial_s', 0.5, desc(
-            'First delay before re-opening a missing or lost device; doubles on each failure.',
-            floating_point_range=_float_range(0.01, 60.0)))
-        self.declare_parameter('retry_max_s', 10.0, desc(
-            'Longest delay between attempts to open the device.',
-            floating_point_range=_float_range(0.1, 600.0)))
-        self.declare_parameter('device_timeout_s', 2.0, desc(
-            'A running stream that delivers no block for this long is treated as lost.',
-            floating_point_range=_float_range(0.1, 60.0)))
-        self.declare_parameter('clock_tolerance_s', 0.2, desc(
-            'Largest gap between the sample-clock stamp and the measured capture time before the '
-            'stamps are re-anchored (counted as clock_resyncs).',
-            floating_point_range=_float_range(0.001, 10.0)))
-        self.declare_parameter('diagnostics_period_s', 1.0, desc(
-            'Period of the /diagnostics status.', floating_point_range=_float_range(0.1, 60.0)))
-
     def _read_parameters(self) -> dict[str, Any]:
-        names = ('device', 'sample_rate', 'channels', 'block_size', 'sample_format', 'frame_id', 'topic',
-                 'qos', 'qos_depth', 'retry_initial_s', 'retry_max_s', 'device_timeout_s',
-                 'clock_tolerance_s', 'diagnostics_period_s')
-        p = {name: self.get_parameter(name).value for name in names}
-        p['device'] = '' if p['device'] is None else str(p['device'])
-        if p['sample_format'] not in SAMPLE_FORMATS:
-            raise ValueError(f'sample_format must be one of {", ".join(SAMPLE_FORMATS)}, '
-                             f'got {p["sample_format"]!r}')
-        if p['qos'] not in QOS_PROFILES:
-            raise ValueError(f'qos must be one of {", ".join(QOS_PROFILES)}, got {p["qos"]!r}')
+        """Parameter values; a refused one is reported and replaced by its default."""
+        p = {}
+        for spec in params.MIC_PARAMETERS:
+            value = self.get_parameter(spec.name).value
+            reason = params.validate(spec.name, value, params.MIC_NODE_NAME)
+            if reason:
+                self.parameter_problems.append(f'{reason}; using {spec.default!r}')
+                value = spec.default
+            p[spec.name] = value
+        p['device'] = str(p['device'])
         if p['retry_max_s'] < p['retry_initial_s']:
-            raise ValueError('retry_max_s must be >= retry_initial_s')
+            self.parameter_problems.append(
+                f'retry_max_s ({p["retry_max_s"]}) must be >= retry_initial_s '
+                f'({p["retry_initial_s"]}); using {p["retry_initial_s"]}')
+            p['retry_max_s'] = p['retry_initial_s']
+        for problem in self.parameter_problems:
+            self.get_logger().error(f'parameter refused: {problem}')
         return p
 
     # -- PortAudio side -----------------------------------------------------------------------------
@@ -414,6 +373,9 @@ class MicNode(Node):
             status.level = DiagnosticStatus.WARN
             status.message = (f'{delta["overflows"]} input overflow(s), {delta["dropped"]} dropped '
                               f'block(s) in the last {period:.1f} s')
+        elif self.parameter_problems:
+            status.level = DiagnosticStatus.WARN
+            status.message = f'parameter refused: {self.parameter_problems[0]}'
         else:
             status.level = DiagnosticStatus.OK
             status.message = f'capturing from "{self._device_name}"'
@@ -426,6 +388,7 @@ class MicNode(Node):
             'input_overflows': stats['overflows'], 'dropped_blocks': stats['dropped'],
             'clock_resyncs': self._sample_clock.resyncs, 'stream_restarts': stats['stream_restarts'],
             'failed_attempts': self._attempts, 'last_error': self._error,
+            'parameter_problems': '; '.join(self.parameter_problems),
         }
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         msg = DiagnosticArray(status=[status])

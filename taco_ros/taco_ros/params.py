@@ -1,23 +1,28 @@
-"""Parameters, topics and QoS of taco_node: the one table the node, config/taco.yaml, the launch file
-and the README are built from or checked against.
+"""Parameters, topics and QoS of taco_node and mic_node: the tables the nodes declare from and
+config/*.yaml and the README tables are generated from (a test keeps them equal).
 
 Importable without rclpy (the launch file and the docs read it); the few functions that need ROS
 types import them inside.
 
-Parameters are either *read-only* (models, device, input types and QoS: they change only by
-reconfiguring the lifecycle node, i.e. deactivate → cleanup → set → configure → activate) or *live*
-(thresholds, windows, vocabulary, mode: validated and applied from the next window).
+taco_node's parameters are either *read-only* (models, device, input types and QoS: they change only
+by reconfiguring the lifecycle node, i.e. deactivate → cleanup → set → configure → activate) or
+*live* (thresholds, windows, vocabulary, mode: validated and applied from the next window).
+mic_node's are all read at start-up.
+
+A value of the wrong type is refused with a message wherever it comes from: ``ros2 param set`` (the
+node's validator), or a parameter file / ``-p`` at start-up (:func:`declare_all` declares the default
+instead and returns the problem, which the node reports and refuses to configure with).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from taco_ros.core.contract import (
     AUDIO_CONTEXTS,
+    CLAP_CONTEXT_SEC,
     MODES,
     PAIR_WITH,
     PRECISIONS,
@@ -27,6 +32,7 @@ from taco_ros.core.contract import (
 )
 
 NODE_NAME = 'taco_node'
+MIC_NODE_NAME = 'mic_node'
 
 # ---------------------------------------------------------------------------------------- topics
 # Inputs are relative names (remap them: image:=/camera/color/image_raw); outputs are private.
@@ -92,6 +98,15 @@ TOPICS: list[TopicSpec] = [
               'replace the vocabulary (same as setting the vocabulary parameter)'),
 ]
 
+MIC_TOPICS: list[TopicSpec] = [
+    TopicSpec(TOPIC_AUDIO, 'taco_msgs/AudioChunk', 'pub', 'qos (sensor_data), depth qos_depth',
+              'blocks of block_size frames, header.stamp = capture time of the first sample; the '
+              'topic name is the topic parameter'),
+    TopicSpec(TOPIC_DIAGNOSTICS, 'diagnostic_msgs/DiagnosticArray', 'pub', 'reliable, depth 10',
+              'device, rate, overflows, dropped blocks, clock re-syncs, restarts; every '
+              'diagnostics_period_s'),
+]
+
 
 # ------------------------------------------------------------------------------------ parameters
 APPLIES = ('live', 'activate', 'configure', 'startup')
@@ -116,6 +131,7 @@ class ParamSpec:
         'startup' — read once at start-up (rclpy ``read_only``).
     range: inclusive (min, max) for numbers (published as FloatingPointRange / IntegerRange).
     choices: allowed strings (checked by the node's validator, listed in the description).
+    also_int: the string may be given as an integer (mic_node's device index).
     """
 
     name: str
@@ -125,6 +141,7 @@ class ParamSpec:
     applies: str = 'live'
     range: tuple[float, float] | None = None
     choices: tuple[str, ...] | None = None
+    also_int: bool = False
 
     def __post_init__(self) -> None:
         if self.applies not in APPLIES:
@@ -149,7 +166,7 @@ class ParamSpec:
             return 'double'
         if isinstance(self.default, list):
             return 'string[]'
-        return 'string'
+        return 'string | int' if self.also_int else 'string'
 
     def full_description(self, change_note: bool = True) -> str:
         text = self.description
@@ -241,6 +258,9 @@ PARAMETERS: list[ParamSpec] = [
       'contiguously (clock jitter), seconds.', 'windows', range=(0.0, 0.5)),
     P('cold_start_gap', 0.25, 'Zero-filled audio in a window (seconds) that forces a cold '
       'co-NMF start.', 'windows', range=(0.0, 60.0)),
+    P('window_queue', 0, 'Windows kept while inference is busy: 0 = only the newest (the others '
+      'are dropped and counted); N > 0 = up to N in order (lock-step replay; older ones are '
+      'dropped).', 'windows', range=(0, 1000)),
     # -- diagnostics --
     P('diagnostics_period', 1.0, 'Period of /diagnostics, seconds.', 'diagnostics',
       applies='configure', range=(0.1, 60.0)),
@@ -260,10 +280,65 @@ del P
 
 PARAMETERS_BY_NAME: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMETERS}
 
+MIC_SAMPLE_FORMATS = ('int16', 'int32', 'float32')
 
-def defaults() -> dict[str, Any]:
-    """{name: default} of every parameter."""
-    return {spec.name: _copy(spec.default) for spec in PARAMETERS}
+P = ParamSpec
+MIC_PARAMETERS: list[ParamSpec] = [
+    P('device', '', 'Input device: "" or -1 = the default input device, an integer = PortAudio '
+      'device index, otherwise a case-insensitive substring of the device name.', 'device',
+      applies='startup', also_int=True),
+    P('sample_rate', 16000, 'Capture rate in frames per second.', 'stream', applies='startup',
+      range=(8000, 192000)),
+    P('channels', 1, 'Interleaved channels captured and published.', 'stream', applies='startup',
+      range=(1, 32)),
+    P('block_size', 512, 'Frames per published block (PortAudio blocksize); 512 at 16 kHz = '
+      '32 ms.', 'stream', applies='startup', range=(16, 65536)),
+    P('sample_format', 'int16', 'Sample format captured and published.', 'stream',
+      applies='startup', choices=MIC_SAMPLE_FORMATS),
+    P('frame_id', 'microphone', 'header.frame_id of published blocks.', 'publishing',
+      applies='startup'),
+    P('topic', 'audio', 'Output topic (relative to the namespace).', 'publishing',
+      applies='startup'),
+    P('qos', 'sensor_data', 'Publisher QoS.', 'publishing', applies='startup',
+      choices=QOS_PROFILES),
+    P('qos_depth', 20, 'History depth of the publisher.', 'publishing', applies='startup',
+      range=(1, 1000)),
+    P('retry_initial_s', 0.5, 'First delay before re-opening a missing or lost device; doubles on '
+      'each failure.', 'recovery', applies='startup', range=(0.01, 60.0)),
+    P('retry_max_s', 10.0, 'Longest delay between attempts to open the device.', 'recovery',
+      applies='startup', range=(0.1, 600.0)),
+    P('device_timeout_s', 2.0, 'A running stream that delivers no block for this long is treated '
+      'as lost.', 'recovery', applies='startup', range=(0.1, 60.0)),
+    P('clock_tolerance_s', 0.2, 'Largest gap between the sample-clock stamp and the measured '
+      'capture time before the stamps are re-anchored (counted as clock_resyncs).', 'recovery',
+      applies='startup', range=(0.001, 10.0)),
+    P('diagnostics_period_s', 1.0, 'Period of the /diagnostics status.', 'diagnostics',
+      applies='startup', range=(0.1, 60.0)),
+]
+del P
+
+
+@dataclass(frozen=True)
+class NodeTables:
+    """Everything generated for one node: its parameters and topics."""
+
+    parameters: list[ParamSpec]
+    topics: list[TopicSpec]
+
+    @property
+    def by_name(self) -> dict[str, ParamSpec]:
+        return {spec.name: spec for spec in self.parameters}
+
+
+NODES: dict[str, NodeTables] = {
+    NODE_NAME: NodeTables(PARAMETERS, TOPICS),
+    MIC_NODE_NAME: NodeTables(MIC_PARAMETERS, MIC_TOPICS),
+}
+
+
+def defaults(node: str = NODE_NAME) -> dict[str, Any]:
+    """{name: default} of every parameter of ``node``."""
+    return {spec.name: _copy(spec.default) for spec in NODES[node].parameters}
 
 
 def _copy(value: Any) -> Any:
@@ -271,49 +346,85 @@ def _copy(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------ validation
-def validate(name: str, value: Any) -> str | None:
-    """Why ``value`` is not acceptable for parameter ``name`` (None when it is).
+MAX_WORD_LENGTH = 200
+MAX_VOCABULARY = 10_000
+
+
+def normalise(name: str, value: Any, node: str = NODE_NAME) -> Any:
+    """A declared value as the node uses it: an unset or empty list is [] (rcl reads an empty YAML
+    list as unset or as an empty byte array); a tuple is a list. Nothing else is converted, so a
+    value of the wrong type reaches :func:`validate` as it came."""
+    spec = NODES[node].by_name.get(name)
+    if spec is None or spec.type_name != 'string[]':
+        return value
+    if value is None or (isinstance(value, (bytes, bytearray)) and not value):
+        return []
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, list):
+        return value
+    if not isinstance(value, str) and hasattr(value, '__len__') and len(value) == 0:
+        return []
+    return value
+
+
+def validate(name: str, value: Any, node: str = NODE_NAME) -> str | None:
+    """Why ``value`` is not acceptable for parameter ``name`` of ``node`` (None when it is).
 
     Checks the type, the range and the choices, plus the rules rclpy cannot express (device
-    syntax, vocabulary words). Cross-parameter rules are in :func:`validate_together`.
+    syntax, vocabulary words). Cross-parameter rules are in :func:`validate_together`. Never
+    raises, whatever ``value`` is.
     """
-    spec = PARAMETERS_BY_NAME.get(name)
+    spec = NODES[node].by_name.get(name)
     if spec is None:
         return None     # not ours (use_sim_time, qos overrides ...)
-    kind = spec.type_name
-    if kind == 'bool' and not isinstance(value, bool):
-        return f'{name} must be a bool, got {value!r}'
-    if kind == 'int' and (isinstance(value, bool) or not isinstance(value, int)):
-        return f'{name} must be an integer, got {value!r}'
-    if kind == 'double':
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f'{name} must be a number, got {value!r}'
-        if not math.isfinite(value):
-            return f'{name} must be finite, got {value!r}'
-    if kind == 'string' and not isinstance(value, str):
-        return f'{name} must be a string, got {value!r}'
+    reason = _type_problem(spec, value)
+    if reason:
+        return reason
     if spec.range is not None and not spec.range[0] <= value <= spec.range[1]:
         return f'{name}={value} is outside [{spec.range[0]}, {spec.range[1]}]'
     if spec.choices is not None and value not in spec.choices:
         return f'{name}={value!r} is not one of {", ".join(spec.choices)}'
-    if name == 'device':
+    if node == NODE_NAME and name == 'device':
         return check_device(value)
-    if name == 'vocabulary':
+    if spec.type_name == 'string[]':
         return validate_vocabulary(value)
     return None
 
 
-MAX_WORD_LENGTH = 200
+def _type_problem(spec: ParamSpec, value: Any) -> str | None:
+    name, kind = spec.name, spec.type_name
+    shown = f'{value!r} ({type(value).__name__})'
+    if kind == 'bool' and not isinstance(value, bool):
+        return f'{name} must be true or false, got {shown}'
+    if kind == 'int' and (isinstance(value, bool) or not isinstance(value, int)):
+        return f'{name} must be an integer, got {shown}'
+    if kind == 'double':
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f'{name} must be a number, got {shown}'
+        if isinstance(value, int):
+            return f'{name} has type int, it must be a double (write {value}.0)'
+        if not math.isfinite(value):
+            return f'{name} must be finite, got {value!r}'
+    if kind == 'string' and not isinstance(value, str):
+        return f'{name} must be a string, got {shown}'
+    if kind == 'string | int' and (isinstance(value, bool) or not isinstance(value, (str, int))):
+        return f'{name} must be a string or an integer, got {shown}'
+    if kind == 'string[]' and not isinstance(value, list):
+        return f'{name} must be a list of words, e.g. ["dog", "car horn"], got {shown}'
+    return None
 
 
 def validate_vocabulary(words: Any) -> str | None:
     """Why ``words`` is not a usable vocabulary (None when it is; [] means the default)."""
-    if isinstance(words, (str, bytes)) or not isinstance(words, Iterable):
+    if not isinstance(words, (list, tuple)):
         return f'vocabulary must be a list of words, got {words!r}'
     words = list(words)
     bad = [w for w in words if not isinstance(w, str) or not w.strip()]
     if bad:
         return f'vocabulary words must be non-empty strings, got {bad[:5]!r}'
+    if len(words) > MAX_VOCABULARY:
+        return f'vocabulary has {len(words)} words, more than {MAX_VOCABULARY}'
     long = [w for w in words if len(w) > MAX_WORD_LENGTH]
     if long:
         return f'vocabulary words must be at most {MAX_WORD_LENGTH} characters, got {long[0][:40]!r}...'
@@ -326,12 +437,21 @@ def validate_vocabulary(words: Any) -> str | None:
     return None
 
 
+def validate_all(values: dict[str, Any], node: str = NODE_NAME) -> str | None:
+    """The first problem among ``values`` (each, then together for taco_node); None if none."""
+    for name, value in values.items():
+        reason = validate(name, value, node)
+        if reason:
+            return reason
+    return validate_together(values) if node == NODE_NAME else None
+
+
 def validate_together(values: dict[str, Any]) -> str | None:
-    """Rules that tie parameters together; ``values`` holds every parameter's effective value."""
+    """Rules that tie taco_node's parameters together; ``values`` holds every effective value."""
     if values['latency_error'] < values['latency_warn']:
         return (f"latency_error ({values['latency_error']}) must be >= latency_warn "
                 f"({values['latency_warn']})")
-    context = 7.0 if values['audio_context'] == 'history' else 0.0
+    context = CLAP_CONTEXT_SEC if values['audio_context'] == 'history' else 0.0
     needed = values['window_sec'] + context + 1.0
     if values['buffer_sec'] < needed:
         return (f"buffer_sec ({values['buffer_sec']}) must hold window_sec + the audio context + 1 s "
@@ -364,13 +484,28 @@ def descriptor(spec: ParamSpec) -> Any:
         # An empty default cannot carry the string-array type, so the type is checked by validate().
         result.type = ParameterType.PARAMETER_STRING_ARRAY
         result.dynamic_typing = True
+    if spec.also_int:
+        result.dynamic_typing = True
     return result
 
 
-def declare_all(node: Any) -> None:
-    """Declare every parameter on ``node`` (values from overrides, e.g. a YAML file, win)."""
-    for spec in PARAMETERS:
-        node.declare_parameter(spec.name, _copy(spec.default), descriptor(spec))
+def declare_all(node: Any, name: str = NODE_NAME) -> list[str]:
+    """Declare every parameter of node table ``name`` on ``node``; values from overrides (a YAML
+    file, ``-p``) win. An override rclpy refuses (wrong type, out of range) never raises: the
+    default is declared instead and the problem returned, one readable line each."""
+    from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+
+    problems = []
+    for spec in NODES[name].parameters:
+        try:
+            node.declare_parameter(spec.name, _copy(spec.default), descriptor(spec))
+        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+            node.declare_parameter(spec.name, _copy(spec.default), descriptor(spec),
+                                   ignore_override=True)
+            problems.append(f'{spec.name}: the value given at start-up was refused ({exc}); '
+                            f'expected {spec.type_name}'
+                            + (f' in [{spec.range[0]}, {spec.range[1]}]' if spec.range else ''))
+    return problems
 
 
 def qos_profile(name: str, depth: int) -> Any:
@@ -418,31 +553,41 @@ def _cell(text: str) -> str:
     return str(text).replace('|', '\\|')
 
 
-def markdown_table() -> str:
-    """README tables: topics/services, then parameters (generated from TOPICS and PARAMETERS)."""
+def markdown_table(node: str = NODE_NAME) -> str:
+    """README tables of ``node``: topics/services, then parameters (from its tables)."""
+    tables = NODES[node]
     lines = ['| Topic / service | Direction | Type | QoS | Content |', '|---|---|---|---|---|']
-    for topic in TOPICS:
+    for topic in tables.topics:
         lines.append(f'| `{topic.name}` | {topic.direction} | {_cell(topic.type)} | '
                      f'{_cell(topic.qos)} | {_cell(topic.description)} |')
     lines += ['', '| Parameter | Type | Default | Range | Changes | Description |',
               '|---|---|---|---|---|---|']
-    for spec in PARAMETERS:
+    for spec in tables.parameters:
         rng = '' if spec.range is None else f'{spec.range[0]} .. {spec.range[1]}'
-        change = spec.applies
         lines.append(
-            f'| `{spec.name}` | {spec.type_name} | `{_format_default(spec.default)}` | {rng} | '
-            f'{change} | {_cell(spec.full_description(change_note=False))} |')
+            f'| `{spec.name}` | {_cell(spec.type_name)} | `{_format_default(spec.default)}` | '
+            f'{rng} | {spec.applies} | {_cell(spec.full_description(change_note=False))} |')
     return '\n'.join(lines) + '\n'
 
 
-def yaml_text(node_name: str = NODE_NAME) -> str:
-    """config/taco.yaml content: every parameter at its default, grouped, with descriptions."""
+def readme_tables() -> str:
+    """The README's generated block: taco_node's tables, then mic_node's."""
+    return (markdown_table(NODE_NAME) + '\n**mic_node** (`config/mic.yaml`; every parameter is '
+            'read at start-up):\n\n' + markdown_table(MIC_NODE_NAME))
+
+
+def yaml_text(node: str = NODE_NAME) -> str:
+    """config/<node>.yaml content: every parameter at its default, grouped.
+
+    Keyed ``/**`` so the file applies to the node under any namespace and name (a plain
+    ``taco_node:`` key does not match ``/robot1/taco_node``)."""
+    tables = NODES[node]
     lines = [
-        '# taco_node parameters (defaults). Generated from taco_ros/params.py; a test keeps them equal.',
-        '# See the README for when each one takes effect (live, at activate, at configure, at start-up).',
-        f'{node_name}:', '  ros__parameters:']
+        f'# {node} parameters (defaults). Generated from taco_ros/params.py; a test keeps them equal.',
+        '# See the README for when each one takes effect and what it does.',
+        '/**:', '  ros__parameters:']
     group = None
-    for spec in PARAMETERS:
+    for spec in tables.parameters:
         if spec.group != group:
             group = spec.group
             lines.append(f'    # -- {group}')

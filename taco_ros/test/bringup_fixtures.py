@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 # The tests stop node processes the way the demo does (SIGINT, then SIGKILL).
-from taco_ros.commands.demo import stop_process as stop_process
+from taco_ros.demo.live import stop_process as stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL = REPO / 'install'

@@ -58,7 +58,7 @@ def test_bag_round_trip_through_taco_node(tmp_path: Path) -> None:
     from node_fixtures import small_model_config
 
     from taco_ros import bags
-    from taco_ros.commands.bag import BagPlayer, BagRecorder, output_topics
+    from taco_ros.bags import BagPlayer, BagRecorder, output_topics
 
     config = bags.SceneConfig(width=160, height=120, fps=FPS, duration=4.0)
     source = tmp_path / 'scene'

@@ -227,7 +227,7 @@ def test_bad_inputs_are_named(tmp_path: Path) -> None:
 
 
 def test_restamp_cdr_moves_only_the_stamp() -> None:
-    from taco_ros.commands.bag import restamp_cdr
+    from taco_ros.bags import restamp_cdr
 
     store = bags.typestore()
     msg = bags.audio_message(np.arange(6, dtype=np.int16), 16000, START + 999_999_999, 'mic')
@@ -247,7 +247,7 @@ def test_play_publishes_with_timing_restamp_and_clock_and_record_reads_back(tmp_
     from sensor_msgs.msg import Image
 
     from taco_msgs.msg import AudioChunk
-    from taco_ros.commands.bag import BagPlayer, BagRecorder
+    from taco_ros.bags import BagPlayer, BagRecorder
 
     source = tmp_path / 'scene'
     summary = bags.make_synthetic_bag(source, SMALL, block_size=BLOCK, start_ns=START)
@@ -314,7 +314,7 @@ def test_player_start_offset_and_record_latched_topic(tmp_path: Path) -> None:
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
     from taco_msgs.msg import LabelInfo, VocabularyClass
-    from taco_ros.commands.bag import BagPlayer, BagRecorder
+    from taco_ros.bags import BagPlayer, BagRecorder
 
     frames = [(i * 0.1, np.full((4, 4, 3), i, np.uint8)) for i in range(10)]
     bags.write_bag(tmp_path / 'b', frames, np.zeros(8000, np.int16), 8000, block_size=800,

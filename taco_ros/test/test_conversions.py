@@ -219,6 +219,7 @@ def test_multiarrays() -> None:
                        MultiArrayDimension(label='channels', size=2, stride=2)]
     chunk = conv.decode_multiarray(fmsg, sample_rate=8000, channels=1)
     assert chunk.samples.shape == (64, 2)
+    fmsg.layout.dim = []
     fmsg.data = [0.0, float('inf')]
     with pytest.raises(ValueError, match='NaN'):
         conv.decode_multiarray(fmsg, sample_rate=8000, channels=1)
@@ -349,3 +350,108 @@ def test_check_functions_match_conversion() -> None:
         conv.check_compressed(CompressedImage(format='jpeg'))
     with pytest.raises(ValueError, match='unsupported'):
         conv.check_compressed(CompressedImage(format='webp'))
+
+
+# ------------------------------------------------------------------------------ layouts
+def _dims(*dims: tuple[str, int, int]) -> list[MultiArrayDimension]:
+    return [MultiArrayDimension(label=label, size=size, stride=stride)
+            for label, size, stride in dims]
+
+
+def test_multiarray_layout_is_used() -> None:
+    planar = Float32MultiArray()
+    planar.layout.dim = _dims(('channels', 2, 128), ('frames', 64, 64))
+    planar.data = np.ascontiguousarray(STEREO.T).reshape(-1)
+    chunk = conv.decode_multiarray(planar, sample_rate=16000, channels=1)
+    np.testing.assert_array_equal(chunk.samples, STEREO)
+    padded = Float32MultiArray()
+    padded.layout.data_offset = 3
+    padded.layout.dim = _dims(('frames', 64, 128), ('channels', 2, 2))
+    padded.data = np.concatenate([np.full(3, 9.0, np.float32), interleave(STEREO)])
+    np.testing.assert_array_equal(
+        conv.decode_multiarray(padded, sample_rate=16000, channels=1).samples, STEREO)
+    flat = Int16MultiArray()
+    flat.layout.dim = _dims(('samples', 128, 1))
+    flat.data = np.zeros(128, np.int16)
+    assert conv.decode_multiarray(flat, sample_rate=16000, channels=2).samples.shape == (64, 2)
+
+
+@pytest.mark.parametrize('dims,offset,message', [
+    ([('frames', 64, 128), ('channels', 3, 3)], 0, 'does not match'),
+    ([('frames', 128, 128), ('channels', 0, 0)], 0, 'does not match'),
+    ([('frames', 64, 128), ('channels', 2, 5)], 0, 'strides'),
+    ([('a', 2, 128), ('b', 8, 64), ('c', 8, 8)], 0, '3 dimensions'),
+    ([('samples', 100, 1)], 0, 'declares 100'),
+    ([], 500, 'data_offset'),
+    ([('frames', 1, 128), ('channels', 128, 128)], 0, 'limit'),
+])
+def test_multiarray_layout_that_does_not_fit_is_refused(dims: list, offset: int,
+                                                        message: str) -> None:
+    msg = Float32MultiArray()
+    msg.layout.dim = _dims(*dims)
+    msg.layout.data_offset = offset
+    msg.data = interleave(STEREO)
+    with pytest.raises(ValueError, match=message):
+        conv.decode_multiarray(msg, sample_rate=16000, channels=1)
+
+
+# ------------------------------------------------------------------------------- bounds
+def test_audio_sizes_are_bounded_before_decoding() -> None:
+    from taco_msgs.msg import AudioChunk
+
+    msg = AudioChunk(sample_rate=1_000_000_000, channels=1, sample_format=AudioChunk.FORMAT_S16)
+    msg.int16_data = np.zeros(512, np.int16)
+    with pytest.raises(conv.InputTooLargeError, match='Hz limit'):
+        conv.decode_audio_chunk(msg)
+    msg.sample_rate, msg.channels = 16000, 1000
+    msg.int16_data = np.zeros(1000, np.int16)
+    with pytest.raises(conv.InputTooLargeError, match='channels'):
+        conv.decode_audio_chunk(msg)
+    msg.channels = 1
+    msg.int16_data = np.zeros(conv.MAX_AUDIO_VALUES + 1, np.int16)
+    with pytest.raises(conv.InputTooLargeError, match='values'):
+        conv.decode_audio_chunk(msg)
+    info = conv.RawAudioInfo(sample_rate=10 ** 9)
+    with pytest.raises(conv.InputTooLargeError):
+        conv.decode_audio_data(types.SimpleNamespace(data=b'\x00\x00'), info)
+    with pytest.raises(conv.InputTooLargeError):
+        conv.decode_multiarray(Int16MultiArray(), sample_rate=10 ** 9, channels=1)
+
+
+@pytest.mark.parametrize('codec', ['.png', '.jpg'])
+def test_compressed_image_size_is_read_from_its_header(codec: str) -> None:
+    ok, encoded = cv2.imencode(codec, np.zeros((37, 53, 3), np.uint8))
+    assert ok
+    assert conv.compressed_size(encoded.reshape(-1)) == (53, 37)
+    msg = CompressedImage(format='png' if codec == '.png' else 'jpeg')
+    msg.data = encoded.tobytes()
+    conv.check_compressed(msg, max_pixels=53 * 37)
+    with pytest.raises(conv.InputTooLargeError, match='max_image_pixels'):
+        conv.check_compressed(msg, max_pixels=53 * 37 - 1)
+
+
+def test_a_decompression_bomb_is_refused_before_decoding() -> None:
+    """A png whose header declares 60000 x 60000 pixels: refused from the header alone."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack('>I', len(body)) + kind + body
+                + struct.pack('>I', zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+    header = struct.pack('>IIBBBBB', 60000, 60000, 8, 2, 0, 0, 0)
+    png = (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header)
+           + chunk(b'IDAT', zlib.compress(b'\x00' * 1000)) + chunk(b'IEND', b''))
+    msg = CompressedImage(format='png')
+    msg.data = png
+    with pytest.raises(conv.InputTooLargeError, match='60000x60000'):
+        conv.check_compressed(msg, max_pixels=16_777_216)
+    with pytest.raises(conv.InputTooLargeError, match='60000x60000'):
+        conv.compressed_to_rgb(msg, max_pixels=16_777_216)
+
+
+def test_unreadable_compressed_header_is_refused() -> None:
+    msg = CompressedImage(format='jpeg')
+    msg.data = b'\xff\xd8' + b'\x00' * 40
+    with pytest.raises(ValueError, match='image size'):
+        conv.check_compressed(msg)

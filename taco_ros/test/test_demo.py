@@ -1,5 +1,6 @@
 """The demo: its report pieces on made-up windows, its settings, and the whole `taco-ros demo --small`
-run end to end (bag → taco_node process → recorded outputs → GIF, MP4, contact sheet, table)."""
+run end to end, both ways: bag → bag process (every window on bag time) → GIF, MP4, contact sheet,
+table; and --live: bag → taco_node process over DDS → recorded outputs → the same pictures."""
 
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def test_contact_sheet_and_animation_carry_the_random_weights_banner(tmp_path: P
 
 def test_demo_defaults_are_the_user_sizes_and_small_is_for_ci() -> None:
     from taco_ros.cli import build_parser
-    from taco_ros.commands.demo import settings_from_args
+    from taco_ros.demo.run import settings_from_args
 
     parser = build_parser()
     user = settings_from_args(parser.parse_args(['demo']))
@@ -106,23 +107,54 @@ def test_demo_defaults_are_the_user_sizes_and_small_is_for_ci() -> None:
                                                  'size': '640'}))
 
 
+@pytest.mark.skipif(bool(tool_missing('espeak-ng', 'sox')), reason='needs espeak-ng and sox')
+def test_demo_processes_every_window_at_ci_size(tmp_path: Path) -> None:
+    out = tmp_path / 'demo'
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / 'cache'))
+    env.pop('TACO_MODEL_DIR', None)      # no weights anywhere: the random-weight path
+    result = subprocess.run(
+        ['bash', '-c', f'source {INSTALL}/setup.bash && taco-ros demo --small --output-dir {out}'],
+        env=env, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = result.stdout
+    assert text.count('masks are meaningless until you run `taco-ros models fetch`') == 2
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['mode'] == 'process' and summary['random_weights'] is True
+    # Every window of the 4 s scene, however slow this machine is: windows end at 1, 2, 3, 4 s.
+    assert summary['windows'] == 4 and summary['frames'] == 21
+    assert summary['median_latency_ms'] is None
+    assert summary['windows_per_second'] == pytest.approx(4 / summary['seconds'])
+    assert f"processed in {summary['seconds']:.1f} s" in text
+    table = (out / 'windows.txt').read_text().splitlines()
+    assert [row.split()[0] for row in table[2:]] == ['1.00', '2.00', '3.00', '4.00']
+    assert '\n'.join(table) in text
+    from PIL import Image
+    with Image.open(out / 'overlay.gif') as gif:
+        assert gif.n_frames == 4
+    with Image.open(out / 'contact_sheet.png') as sheet:
+        assert sheet.size[0] >= 640
+    from taco_ros import bags
+    recorded = bags.bag_topics(out / 'results_bag')
+    assert recorded['/taco_node/objects'][1] == 4 and recorded['/taco_node/label_info'][1] == 1
+
+
 @pytest.mark.ros
 @pytest.mark.skipif(bool(tool_missing('espeak-ng', 'sox')), reason='needs espeak-ng and sox')
 @pytest.mark.skipif(not (LIB_DIR / 'taco_node').is_file(), reason='taco_node is not installed')
-def test_demo_runs_end_to_end_at_ci_size(tmp_path: Path) -> None:
+def test_live_demo_runs_end_to_end_at_ci_size(tmp_path: Path) -> None:
     out = tmp_path / 'demo'
     env = dict(os.environ, **isolate_dds(), XDG_CACHE_HOME=str(tmp_path / 'cache'))
     env.pop('TACO_MODEL_DIR', None)      # no weights anywhere: the random-weight path
     result = subprocess.run(
-        ['bash', '-c', f'source {INSTALL}/setup.bash && taco-ros demo --small --output-dir {out}'],
+        ['bash', '-c', f'source {INSTALL}/setup.bash && taco-ros demo --small --live --output-dir {out}'],
         env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = result.stdout
     assert text.count('masks are meaningless until you run `taco-ros models fetch`') == 2
 
     summary = json.loads((out / 'summary.json').read_text())
-    assert summary['random_weights'] is True
-    assert summary['windows'] >= 3 and summary['played_frames'] == 21      # 0 .. 4 s at 5 fps
+    assert summary['random_weights'] is True and summary['mode'] == 'live'
+    assert summary['windows'] >= 3 and summary['frames'] == 21      # 0 .. 4 s at 5 fps
     table = (out / 'windows.txt').read_text().splitlines()
     assert len(table) == 2 + summary['windows']
     assert table[2].split()[0] == '1.00'             # first window ends 1 s into the scene

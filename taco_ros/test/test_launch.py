@@ -37,13 +37,8 @@ BUILT_IN = {'use_sim_time'}      # declared by every rclpy node
 
 
 def declared_mic_parameters() -> dict[str, Any]:
-    """{name: default} of mic_node's declare_parameter calls (read from its source)."""
-    found = {}
-    for node in ast.walk(ast.parse(MIC_SOURCE.read_text())):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and node.func.attr == 'declare_parameter'):
-            found[ast.literal_eval(node.args[0])] = ast.literal_eval(node.args[1])
-    return found
+    """{name: default} of mic_node's parameters (it declares them from this table)."""
+    return params.defaults(params.MIC_NODE_NAME)
 
 
 @pytest.fixture(scope='module')
@@ -113,14 +108,14 @@ def test_parameter_files_only_hold_declared_parameters(description: Any) -> None
     mic_files, _ = resolver.parameters(_node(resolver, 'mic_node'))
     for file in taco_files:
         _require_installed(Path(file))
-        values = yaml.safe_load(Path(file).read_text())['taco_node']['ros__parameters']
+        values = yaml.safe_load(Path(file).read_text())['/**']['ros__parameters']
         assert set(values) <= set(params.PARAMETERS_BY_NAME) | BUILT_IN
         for name, value in values.items():
             assert params.validate(name, value) is None, (name, value)
     mic = declared_mic_parameters()
     for file in mic_files:
         _require_installed(Path(file))
-        values = yaml.safe_load(Path(file).read_text())['mic_node']['ros__parameters']
+        values = yaml.safe_load(Path(file).read_text())['/**']['ros__parameters']
         assert values == mic, 'config/mic.yaml must list mic_node defaults'
 
 

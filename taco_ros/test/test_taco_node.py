@@ -160,11 +160,75 @@ def check_window_outputs(harness: NodeHarness, stream: StreamPublisher,
             assert act.audio_start == match.audio_start
 
 
+# ------------------------------------------------------------------------------- outputs
+def _result(mask: np.ndarray) -> Any:
+    from taco_ros.core.contract import SoundingObjectResult, TacoResult
+
+    objects = [SoundingObjectResult(
+        mask_value=v, label=word, score=0.5 / v, top_labels=[word, 'cat'], top_scores=[0.5, 0.2],
+        confidence=0.8, audio_activation=0.6, bbox=(v, 2, 3, 4), factor_index=v + 2)
+        for v, word in ((1, 'dog'), (2, 'bird'))]
+    return TacoResult(
+        mask=mask, objects=objects, sounding=True, confidence=0.8, k_star=3, steps=17,
+        cold_start=True, mode='full', activation=np.array([0.1, 0.9, 0.4]),
+        token_offsets=np.array([0.0, 1 / 3, 2 / 3]), token_duration=1 / 3, window_duration=1.0,
+        timings={'total': 5.0}, score_map=None, random_weights=True)
+
+
+def test_output_messages_of_a_window() -> None:
+    from std_msgs.msg import Header
+
+    from taco_ros.conversions import sec_to_stamp
+    from taco_ros.core.contract import AudioWindow
+    from taco_ros.outputs import label_info_message, window_messages
+
+    mask = np.zeros((6, 8), np.uint8)
+    mask[1:3, 1:4], mask[4:, 5:] = 1, 2
+    header = Header(frame_id='camera', stamp=sec_to_stamp(1_700_000_000.5))
+    window = AudioWindow(samples=np.zeros(16000, np.float32), sample_rate=16000,
+                         start=1_700_000_000.25)
+    msgs = window_messages(_result(mask), header, window)
+    assert (msgs.mask.height, msgs.mask.width, msgs.mask.encoding) == (6, 8, 'mono8')
+    np.testing.assert_array_equal(np.frombuffer(bytes(msgs.mask.data), np.uint8).reshape(6, 8),
+                                  mask)
+    objects = msgs.objects
+    for msg in (msgs.mask, objects, msgs.activation):
+        assert msg.header.frame_id == 'camera' and msg.header.stamp == header.stamp
+    assert stamp_to_sec(objects.audio_start) == pytest.approx(1_700_000_000.25, abs=1e-6)
+    assert stamp_to_sec(objects.audio_end) == pytest.approx(1_700_000_001.25, abs=1e-6)
+    assert (objects.sounding, objects.solver_steps, objects.cold_start, objects.mode) == (
+        True, 17, True, 'full')
+    assert [(o.mask_value, o.label, o.factor_index) for o in objects.objects] == [
+        (1, 'dog', 3), (2, 'bird', 4)]
+    bbox = objects.objects[1].bbox
+    assert (bbox.x_offset, bbox.y_offset, bbox.width, bbox.height) == (2, 2, 3, 4)
+    act = msgs.activation
+    assert act.label == 'dog' and act.factor_index == 3 and act.audio_start == objects.audio_start
+    assert list(act.activation) == pytest.approx([0.1, 0.9, 0.4])
+    assert act.token_duration == pytest.approx(1 / 3) and act.window_duration == 1.0
+    info = label_info_message(['dog', 'bird'], 0.4, header.stamp)
+    assert [(c.class_id, c.class_name) for c in info.class_map] == [(0, 'dog'), (1, 'bird')]
+    assert info.threshold == pytest.approx(0.4)
+
+
 # ---------------------------------------------------------------------------- parameters
+@pytest.mark.parametrize('node,file', [('taco_node', 'taco.yaml'), ('mic_node', 'mic.yaml')])
+def test_config_files_are_the_generated_tables(node: str, file: str) -> None:
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / 'config' / file
+    text = path.read_text(encoding='utf-8')
+    assert text == params.yaml_text(node), \
+        f'config/{file} is stale: regenerate it with taco_ros.params.yaml_text({node!r})'
+    # Keyed /** so that the file applies under any namespace and node name.
+    values = yaml.safe_load(text)['/**']['ros__parameters']
+    defaults = params.defaults(node)
+    assert values == {k: v for k, v in defaults.items() if v != []}
+    for name, value in values.items():
+        assert params.validate(name, value, node) is None, (name, value)
+
+
 def test_parameter_table_yaml_and_readme_agree() -> None:
-    yaml_path = Path(__file__).resolve().parents[1] / 'config' / 'taco.yaml'
-    assert yaml_path.read_text(encoding='utf-8') == params.yaml_text(), \
-        'config/taco.yaml is stale: regenerate it with taco_ros.params.yaml_text()'
     table = params.markdown_table()
     for spec in params.PARAMETERS:
         assert spec.description and f'| `{spec.name}` |' in table
@@ -347,7 +411,7 @@ def test_gaps_out_of_order_rate_change_and_loop(shared: NodeHarness) -> None:
         expectations = [
             ('gap', lambda: counts.get('audio_gaps', 0) > 0),
             ('swap', lambda: counts.get('late_audio_chunks', 0) > 0),
-            ('rate', lambda: node._stats.resets.get('format_change', 0) > 0),
+            ('rate', lambda: node._policy.restarts.get('format_change', 0) > 0),
         ]
         for name, happened in expectations:
             phase['name'] = name
@@ -356,10 +420,10 @@ def test_gaps_out_of_order_rate_change_and_loop(shared: NodeHarness) -> None:
             assert shared.wait_for(lambda d=done: shared.recorder.count('objects') > d,
                                    WINDOW_TIMEOUT), f'no window after {name}'
         phase['name'] = 'normal'
-        resets = sum(node._stats.resets.values())
+        resets = sum(node._policy.restarts.values())
         stream.t0 -= 30.0      # the bag loops: every stamp jumps 30 s back
         # Camera or microphone may notice first; either restarts the buffers and warm state.
-        assert shared.wait_for(lambda: sum(node._stats.resets.values()) > resets, EVENT_TIMEOUT)
+        assert shared.wait_for(lambda: sum(node._policy.restarts.values()) > resets, EVENT_TIMEOUT)
         done = shared.recorder.count('objects')
         assert shared.wait_for(lambda: shared.recorder.count('objects') > done, WINDOW_TIMEOUT)
     finally:
@@ -367,7 +431,7 @@ def test_gaps_out_of_order_rate_change_and_loop(shared: NodeHarness) -> None:
         shared.peer.destroy_publisher(image_pub)
         shared.peer.destroy_publisher(audio_pub)
     assert shared.wait_for(lambda: 'jump' in shared.diagnostics_values('inputs').get(
-        'buffer resets', ''), EVENT_TIMEOUT), shared.diagnostics_values('inputs')
+        'input restarts', ''), EVENT_TIMEOUT), shared.diagnostics_values('inputs')
 
 
 def test_last_window_of_a_stream_is_not_left_waiting(shared: NodeHarness) -> None:
@@ -422,12 +486,19 @@ def test_bad_input_corpus_is_reported_and_survived(shared: NodeHarness) -> None:
         inf = audio_chunk_msg(tone(CHUNK, 0), now, fmt='f32')
         inf.float32_data[9] = float('inf')
         empty = audio_chunk_msg(np.zeros(0, np.float32), now)
-        for msg in (nan, inf, empty):
+        # A chunk claiming 1e9 Hz would make a 10 s ring buffer of 40 GB: refused before that.
+        bomb = audio_chunk_msg(tone(CHUNK, 0), now)
+        bomb.sample_rate = 1_000_000_000
+        for msg in (nan, inf, empty, bomb):
             audio_pub.publish(msg)
         counts = node._stats.counts
-        assert shared.wait_for(lambda: counts.get('bad_images', 0) >= 4
+        assert shared.wait_for(lambda: counts.get('bad_images', 0) >= 3
+                               and counts.get('oversized_images', 0) >= 1
                                and counts.get('bad_audio', 0) >= 2
-                               and counts.get('empty_audio', 0) >= 1, EVENT_TIMEOUT), dict(counts)
+                               and counts.get('oversized_audio', 0) >= 1
+                               and counts.get('empty_audio', 0) >= 1, EVENT_TIMEOUT), \
+            str(dict(counts))
+        assert node._policy.sample_rate in (None, RATE)
 
         def zero_stamped(i: int, t: float) -> Any:
             msg = image_msg(frame, t)
@@ -439,7 +510,8 @@ def test_bad_input_corpus_is_reported_and_survived(shared: NodeHarness) -> None:
         assert shared.recorder.count('objects') >= 2, 'no good window after the bad input'
         assert counts.get('zero_stamp_images', 0) >= 1
         inputs = shared.diagnostics_values('inputs')
-        assert int(inputs['bad images']) >= 4 and int(inputs['bad audio']) >= 2
+        assert int(inputs['bad images']) >= 3 and int(inputs['bad audio']) >= 2
+        assert int(inputs['oversized images']) >= 1 and int(inputs['oversized audio']) >= 1
         warned = [status for array in shared.recorder.get('diagnostics') for status in array.status
                   if status.name.endswith('inputs') and status.level == status.WARN]
         assert any('bad input' in status.message for status in warned)
@@ -500,20 +572,20 @@ def test_busy_node_drops_windows_and_latency_stays_bounded(shared: NodeHarness) 
     image_pub = shared.publisher(Image, '/image')
     audio_pub = shared.publisher(AudioChunk, '/audio')
     node = shared.node
-    dropped = node._stats.counts.get('dropped_busy', 0)
+    dropped = node._policy.drops.get('busy', 0)
     try:
         assert shared.wait_connected([image_pub, audio_pub])
         stream = StreamPublisher(shared, image_pub, audio_pub)
         stream.start(WINDOW_TIMEOUT)
         assert shared.wait_for(
             lambda: shared.recorder.count('objects') >= 3
-            and node._stats.counts.get('dropped_busy', 0) > dropped, WINDOW_TIMEOUT)
+            and node._policy.drops.get('busy', 0) > dropped, WINDOW_TIMEOUT)
         stream.stop()
     finally:
         shared.peer.destroy_publisher(image_pub)
         shared.peer.destroy_publisher(audio_pub)
         node.set_parameters([Parameter('hop_sec', value=1.0)])
-    assert node._stats.counts['dropped_busy'] > dropped
+    assert node._policy.drops['busy'] > dropped
     latencies = [stream.ros_time(received) - stamp_to_sec(obj.audio_end)
                  for received, obj in shared.recorder.timed('objects')]
     totals = [s.get('total', 0.0) / 1e3 for s in node._stats.stages]
@@ -631,5 +703,8 @@ def test_readme_tables_match_the_declarations() -> None:
     if README_BEGIN not in text:
         pytest.fail('README.md has no generated taco_node tables section')
     section = text.split(README_BEGIN, 1)[1].split(README_END, 1)[0]
-    assert section.strip() == params.markdown_table().strip(), \
-        'README tables are stale: paste taco_ros.params.markdown_table() between the markers'
+    assert section.strip() == params.readme_tables().strip(), \
+        'README tables are stale: paste taco_ros.params.readme_tables() between the markers'
+    for node in ('taco_node', 'mic_node'):
+        for spec in params.NODES[node].parameters:
+            assert f'| `{spec.name}` |' in params.markdown_table(node)

@@ -8,57 +8,18 @@ objects, and the activation of the sounding factor over the window's audio token
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from taco_ros.bags.results import ObjectView, WindowResult
 from taco_ros.overlay import FONT, colour_of, draw_debug
 
 RANDOM_WEIGHTS_BANNER = ('RANDOM WEIGHTS: masks are meaningless until you run '
                          '`taco-ros models fetch`')
-
-
-@dataclass
-class ObjectView:
-    """One sounding object of a window (fields of taco_msgs/SoundingObject)."""
-
-    mask_value: int
-    label: str
-    score: float
-    confidence: float
-    bbox: tuple[int, int, int, int]      # x, y, w, h
-
-
-@dataclass
-class WindowResult:
-    """One window as published by taco_node (times in ns of the node's clock)."""
-
-    stamp_ns: int                    # header stamp = the paired camera frame's stamp
-    audio_start_ns: int
-    audio_end_ns: int
-    sounding: bool
-    confidence: float
-    steps: int
-    cold_start: bool
-    mode: str
-    objects: list[ObjectView] = field(default_factory=list)
-    received_ns: int | None = None   # when the result arrived (recorder's log time)
-    mask: np.ndarray | None = None   # uint8 [H, W], values = ObjectView.mask_value
-    activation: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-
-    @property
-    def label(self) -> str:
-        return self.objects[0].label if self.objects else ''
-
-    @property
-    def latency_ms(self) -> float | None:
-        """Result arrival minus the end of the audio window (the earliest it could be computed)."""
-        if self.received_ns is None:
-            return None
-        return (self.received_ns - self.audio_end_ns) / 1e6
 
 
 @dataclass

@@ -1,0 +1,222 @@
+"""taco_node's inputs: the camera and microphone subscriptions and their callbacks.
+
+Mixed into :class:`taco_ros.taco_node.TacoNode`. The callbacks only check and store: a camera frame
+is checked without copying its pixels (sizes bounded, header read) and stored as the message, to be
+decoded only if a window is paired with it; an audio chunk is decoded and placed in the window
+policy. Both hold the input lock for a few microseconds and never wait for inference, which runs
+on its own thread without that lock.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from typing import Any
+
+from rclpy.callback_groups import CallbackGroup
+from sensor_msgs.msg import CompressedImage, Image
+
+from taco_ros import conversions as conv
+from taco_ros import params
+from taco_ros.core.windows import PushReport, SizeLimitError, WindowPolicy
+from taco_ros.diagnostics import NodeStats
+
+# Receipt-stamped audio (no header) is never out of order: a generous contiguity tolerance keeps
+# executor and network jitter from being mistaken for gaps.
+RECEIPT_STAMP_TOLERANCE = 0.25
+THROTTLE_SEC = 5.0
+
+
+class NodeInputs:
+    """Subscriptions and input callbacks of TacoNode (a mixin: the node provides the attributes)."""
+
+    _p: dict[str, Any]
+    _lifecycle: str
+    _policy: WindowPolicy[Image | CompressedImage]
+    _input_lock: threading.Lock
+    _input_group: CallbackGroup
+    _stats: NodeStats
+    _input_subs: list[Any]
+    _activation_timers: list[Any]
+    _audio_retry: Any
+    _audio_kind: str | None
+    _raw_audio_info: conv.RawAudioInfo
+
+    # ------------------------------------------------------------------ subscriptions
+    def _subscribe_image(self) -> None:
+        qos = params.qos_profile(self._p['image_qos'], self._p['image_qos_depth'])
+        if self._p['image_transport'] == 'compressed':
+            msg_type, topic = CompressedImage, params.TOPIC_IMAGE_COMPRESSED
+        else:
+            msg_type, topic = Image, params.TOPIC_IMAGE
+        self._input_subs.append(self.create_subscription(
+            msg_type, topic, self._on_image, qos, callback_group=self._input_group))
+        self.get_logger().info(
+            f'image: {self.resolve_topic_name(topic)} ({msg_type.__name__}, QoS '
+            f'{self._p["image_qos"]}: {qos.reliability.name.lower()}, depth {qos.depth})')
+
+    def _subscribe_audio(self) -> None:
+        """Subscribe to the audio topic now, or keep retrying from a timer: with 'auto' the type
+        is unknown until a publisher appears, and a subscription of another type that was just
+        destroyed (a reactivation with a new audio_msg_type) may still block the topic."""
+        if self._try_audio_subscription():
+            return
+        self.get_logger().info(
+            f'waiting for a publisher on {self.resolve_topic_name(params.TOPIC_AUDIO)} '
+            f'to subscribe (audio_msg_type {self._p["audio_msg_type"]})')
+        self._audio_retry = self.create_timer(0.5, self._retry_audio_subscription,
+                                              callback_group=self._input_group)
+        self._activation_timers.append(self._audio_retry)
+
+    def _try_audio_subscription(self) -> bool:
+        """True when subscribed (or when retrying cannot help)."""
+        kind = self._p['audio_msg_type']
+        if kind == 'auto':
+            kind = self._audio_kind_on_topic()
+            if kind is None:
+                return False
+        try:
+            msg_type = conv.audio_message_class(kind)
+        except ValueError as exc:
+            self.get_logger().error(f'cannot subscribe to audio: {exc}')
+            self._stats.last_error = str(exc)
+            return True
+        try:
+            self._create_audio_subscription(kind, msg_type)
+        except RuntimeError as exc:  # rclpy's RCLError: e.g. the topic still has another type
+            self.get_logger().warning(f'audio subscription not possible yet: {exc}',
+                                      throttle_duration_sec=THROTTLE_SEC)
+            return False
+        return True
+
+    def _audio_kind_on_topic(self) -> str | None:
+        topic = self.resolve_topic_name(params.TOPIC_AUDIO)
+        for name, types in self.get_topic_names_and_types():
+            if name == topic:
+                return conv.kind_for_topic_types(types)
+        return None
+
+    def _retry_audio_subscription(self) -> None:
+        if self._audio_kind is not None or self._lifecycle != 'active':
+            return
+        if self._try_audio_subscription() and self._audio_retry is not None:
+            self._audio_retry.cancel()
+
+    def _create_audio_subscription(self, kind: str, msg_type: type) -> None:
+        qos = params.qos_profile(self._p['audio_qos'], self._p['audio_qos_depth'])
+        subscription = self.create_subscription(
+            msg_type, params.TOPIC_AUDIO, self._on_audio, qos, callback_group=self._input_group)
+        self._input_subs.append(subscription)
+        if kind in (conv.AUDIO_DATA, conv.AUDIO_DATA_STAMPED):
+            module = conv.audio_message_class(conv.AUDIO_DATA).__module__
+            info_cls = importlib.import_module(module).AudioInfo
+            self._input_subs.append(self.create_subscription(
+                info_cls, params.TOPIC_AUDIO_INFO, self._on_audio_info,
+                params.qos_profile('best_effort', 1), callback_group=self._input_group))
+        self._audio_kind = kind
+        self.get_logger().info(
+            f'audio: {self.resolve_topic_name(params.TOPIC_AUDIO)} ({kind}, QoS '
+            f'{self._p["audio_qos"]}: {qos.reliability.name.lower()}, depth {qos.depth})')
+
+    # ------------------------------------------------------------------ callbacks
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _refuse(self, kind: str, exc: ValueError) -> None:
+        """Count and report an input message that cannot be used."""
+        what = 'image' if kind == 'images' else 'audio chunk'
+        key = f'oversized_{kind}' if isinstance(exc, SizeLimitError) else f'bad_{kind}'
+        self._stats.problem(key, f'{what}: {exc}')
+        self.get_logger().warning(f'dropping {what}: {exc}', throttle_duration_sec=THROTTLE_SEC)
+
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        """Check the frame (no pixel copy) and store the message for pairing."""
+        wall = time.monotonic()
+        self._stats.image_rate.tick(wall)
+        try:
+            if isinstance(msg, CompressedImage):
+                conv.check_compressed(msg, self._p['max_image_pixels'])
+            else:
+                conv.check_image(msg, self._p['max_image_pixels'])
+        except ValueError as exc:
+            self._refuse('images', exc)
+            return
+        stamp = conv.stamp_to_sec(msg.header.stamp)
+        if stamp <= 0.0:
+            # Unset stamp: pair by receipt time, keep the header as it came for the outputs.
+            self._stats.problem('zero_stamp_images', 'image with a zero stamp')
+            self.get_logger().warning('image header stamp is zero; pairing it by receipt time',
+                                      throttle_duration_sec=THROTTLE_SEC)
+            stamp = self._now()
+        with self._input_lock:
+            self._policy.add_frame(stamp, msg, now=wall)
+            notices = self._policy.take_notices()
+        self._report_notices(notices)
+
+    def _decode_audio(self, msg: Any) -> conv.AudioChunkData:
+        kind = self._audio_kind
+        if kind == conv.AUDIO_TACO:
+            return conv.decode_audio_chunk(msg)
+        if kind in (conv.AUDIO_INT16_MULTIARRAY, conv.AUDIO_FLOAT32_MULTIARRAY):
+            return conv.decode_multiarray(msg, self._p['audio_sample_rate'],
+                                          self._p['audio_channels'])
+        if kind == conv.AUDIO_COMMON_STAMPED:
+            return conv.decode_audio_common_stamped(msg)
+        return conv.decode_audio_data(msg, self._raw_audio_info)
+
+    def _on_audio_info(self, msg: Any) -> None:
+        self._raw_audio_info = conv.RawAudioInfo.from_msg(msg)
+
+    def _on_audio(self, msg: Any) -> None:
+        """Decode one chunk and place it in the window policy by its capture stamp."""
+        received = self._now()
+        wall = time.monotonic()
+        try:
+            chunk = self._decode_audio(msg)
+            mono = conv.select_channel(chunk.samples, self._p['audio_channel'])
+        except ValueError as exc:
+            self._refuse('audio', exc)
+            return
+        if mono.size == 0:
+            self._stats.problem('empty_audio', 'audio chunk with no samples')
+            return
+        tolerance = None
+        stamp = chunk.stamp
+        if stamp is None:
+            # No capture stamp (multiarray, zero header): best guess is receipt minus duration.
+            self._stats.add('unstamped_audio')
+            stamp = received - chunk.duration
+            tolerance = max(RECEIPT_STAMP_TOLERANCE, self._p['stamp_tolerance'])
+        self._stats.audio_rate.tick(wall)
+        self._stats.audio_seconds.tick(wall, chunk.duration)
+        with self._input_lock:
+            try:
+                report = self._policy.add_audio(mono, stamp, chunk.sample_rate, now=wall,
+                                                tolerance=tolerance)
+            except ValueError as exc:
+                report = exc
+            notices = self._policy.take_notices()
+        if isinstance(report, ValueError):
+            self._refuse('audio', report)
+        else:
+            self._count_audio(report)
+        self._report_notices(notices)
+
+    def _count_audio(self, report: PushReport) -> None:
+        if report.gap_sec > 0:
+            self._stats.add('audio_gaps')
+            self._stats.add('audio_gap_ms', report.gap_sec * 1e3)
+        if report.late_sec > 0:
+            self._stats.add('late_audio_chunks')
+        if report.dropped:
+            self._stats.add('dropped_audio_samples', report.dropped)
+        if report.stray:
+            self._stats.add('stray_audio_samples', report.stray)
+
+    def _report_notices(self, notices: list[str]) -> None:
+        """Log the window policy's restarts and stray stamps (each reported once)."""
+        for text in notices:
+            self.get_logger().warning(text)
+            with self._stats.lock:
+                self._stats.last_notice = text
