@@ -57,10 +57,14 @@ def transcribed_objective(x_image: Tensor, x_audio: Tensor, bank: AnchorBank, w_
              + config.beta_p * image_ce.min(dim=1).values + config.beta_p_audio * audio_ce.min(dim=1).values)
     chosen = image_ce.argmin(dim=1)
     cos = nn.functional.cosine_similarity
+    # TACO's temporal penalty: one 0-d value, summed over consecutive frame pairs, then added to each frame's
+    # error (broadcast) before the batch is summed.
+    penalty = x_image.new_zeros(())
     for t in range(batch - 1 if chain else 0):
-        total[t + 1] = total[t + 1] - config.beta_t * (
+        penalty = penalty - config.beta_t * (
             cos(v_image[t, chosen[t]], v_image[t + 1, chosen[t + 1]], dim=0)
             + cos(v_audio[t, chosen[t]], v_audio[t + 1, chosen[t + 1]], dim=0))
+    total = total + penalty
     if anchors is not None:
         for b in range(batch):
             total[b] = total[b] - config.beta_t * (cos(v_image[b, chosen[b]], anchors[0][b], dim=0)
@@ -128,6 +132,33 @@ def test_objective_and_gradient_match_direct_transcription(overrides: dict, chai
     for name, got, want in zip(('W_I', 'W_A', 'V_I', 'V_A'), grads, expected_grads, strict=True):
         scale = want.abs().max()
         assert (got - want).abs().max() <= 1e-4 * scale, f'analytic gradient of {name} differs from autograd'
+
+
+def test_s4_temporal_penalty_weighs_the_number_of_frames() -> None:
+    """A 5-frame S4 video: the chain penalty enters the batch objective 5 times (TACO), not once."""
+    x_image, x_audio, bank = tiny_problem(7, batch=5)
+    config = CoNMFConfig.paper(K=4)
+    unknowns = random_point(8, x_image, x_audio, config.K)
+    data = prepared(x_image, x_audio, bank, config)
+    leaves = [t.clone().requires_grad_(True) for t in unknowns]
+    expected = transcribed_objective(x_image.clamp_min(0), x_audio.clamp_min(0), bank, *leaves, config, True)
+    expected_grads = torch.autograd.grad(expected.sum(), leaves)
+    terms, grads = conmf._value_and_grad(data, unknowns, config, True, None)
+    torch.testing.assert_close(terms.total, expected.detach(), rtol=1e-5, atol=0)
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+
+    # The chain adds B·P to the batch objective and B·∂P to the factor gradients.
+    free_terms, free_grads = conmf._value_and_grad(data, unknowns, config, False, None)
+    penalty = float(terms.temporal[0])
+    assert penalty < 0 and torch.all(terms.temporal == terms.temporal[0])
+    assert float(terms.total.sum() - free_terms.total.sum()) == pytest.approx(5 * penalty, rel=1e-5)
+    k_star = terms.image_ce.argmin(-1)
+    v_image = unknowns[2].clone().requires_grad_(True)
+    sounding = v_image[torch.arange(5), k_star]
+    link = nn.functional.cosine_similarity(sounding[:-1], sounding[1:], dim=-1).sum()
+    (grad_link,) = torch.autograd.grad(-config.beta_t * link, v_image)
+    torch.testing.assert_close(grads[2] - free_grads[2], 5 * grad_link, rtol=1e-4, atol=1e-6)
 
 
 def test_first_paper_step_is_plain_gradient_descent_from_the_documented_init() -> None:
@@ -288,11 +319,15 @@ def test_causal_temporal_term_uses_the_previous_sounding_factors() -> None:
     free = solve(windows[1].x_image, windows[1].x_audio, windows[1].bank,
                  CoNMFConfig.streaming(beta_t=0.0, tol=0.0, max_steps=30), first)
     assert continuity(strong) > continuity(free)
-    # Without warm starting (paper profile) the previous factors still anchor the term.
-    anchored = solve(windows[1].x_image, windows[1].x_audio, windows[1].bank, CoNMFConfig.paper(max_steps=3),
-                     first)
+    # Without warm starting the previous factors still anchor the term (causal_temporal is its own switch)...
+    anchored = solve(windows[1].x_image, windows[1].x_audio, windows[1].bank,
+                     CoNMFConfig.streaming(warm_start=False, max_steps=3), first)
     assert anchored.cold_start and anchored.cold_reason == 'warm start disabled'
     assert anchored.objective_terms['temporal'] < 0
+    # ... but the paper profile solves every window alone, as TACO does: no pull toward the previous one.
+    alone = solve(windows[1].x_image, windows[1].x_audio, windows[1].bank, CoNMFConfig.paper(max_steps=3),
+                  first)
+    assert alone.cold_start and alone.objective_terms['temporal'] == 0.0
 
 
 def test_batch_temporal_term_links_consecutive_frames() -> None:
@@ -300,9 +335,28 @@ def test_batch_temporal_term_links_consecutive_frames() -> None:
     config = CoNMFConfig.paper(K=3, max_steps=5)
     linked = solve_batch(x_image, x_audio, bank, config, temporal=True)
     free = solve_batch(x_image, x_audio, bank, config, temporal=False)
-    assert linked[0].objective_terms['temporal'] == 0.0
-    assert all(r.objective_terms['temporal'] < 0 for r in linked[1:])
+    # TACO books the whole chain penalty on every frame.
+    assert linked[0].objective_terms['temporal'] < 0
+    assert all(r.objective_terms['temporal'] == linked[0].objective_terms['temporal'] for r in linked)
     assert all(r.objective_terms['temporal'] == 0.0 for r in free)
+
+
+def test_paper_profile_solves_each_window_alone() -> None:
+    """TACO solves every window from scratch: a previous result changes nothing under the paper profile."""
+    problem = make_planted_problem(11, SMALL)
+    config = CoNMFConfig.paper(max_steps=40)
+    first = solve(problem.x_image, problem.x_audio, problem.bank, config)
+    again = solve(problem.x_image, problem.x_audio, problem.bank, config, warm_start=first)
+    alone = solve(problem.x_image, problem.x_audio, problem.bank, config)
+    assert again.cold_start and again.objective_terms['temporal'] == 0.0
+    assert torch.equal(again.image_factors, alone.image_factors)
+    assert torch.equal(again.audio_factors, alone.audio_factors)
+    assert again.objective == alone.objective
+    # The streaming profile keeps its causal pull toward the previous window.
+    streaming = CoNMFConfig.streaming(max_steps=40)
+    previous = solve(problem.x_image, problem.x_audio, problem.bank, streaming)
+    pulled = solve(problem.x_image, problem.x_audio, problem.bank, streaming, warm_start=previous)
+    assert pulled.objective_terms['temporal'] < 0
 
 
 def test_batch_equals_independent_solves() -> None:
@@ -387,6 +441,72 @@ def test_kmeans_is_seeded_and_finds_separated_clusters() -> None:
     assert torch.equal(found, kmeans_centres(points, 3, seed=5))
     distances = torch.cdist(found[0], centres)
     assert distances.min(dim=0).values.max() < 0.1
+
+
+def transcribed_torch_kmeans(x: Tensor, k: int, restarts: int = 8, max_iter: int = 100, tol: float = 1e-4,
+                             seed: int = 123) -> tuple[Tensor, Tensor]:
+    """torch_kmeans' KMeans(init_method='k-means++') on one sample [N, D], restated with plain loops.
+
+    Seeding, one CPU generator: the first centres of all restarts in one uniform draw of ``restarts`` distinct
+    tokens; then per further centre, one draw per restart (all restarts in one call) with weights = squared
+    distance to that restart's closest centre, tokens already taken weighted 0. Lloyd on all restarts
+    together: a token goes to its closest centre, a centre becomes the mean of its tokens (all-zero if it
+    has none); stop after the update in which the mean L2 centre move is below ``tol`` in every restart.
+    Winner: lowest inertia. Returns (seeding [R, K, D], winning centres [K, D]).
+    """
+    n = x.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    first = torch.multinomial(torch.full((1, n), 1.0 / n), restarts, replacement=False, generator=gen)[0]
+    taken = [[int(i)] for i in first]
+    for _ in range(1, k):
+        weights = torch.zeros(restarts, n)
+        for r in range(restarts):
+            centres = x[taken[r]]
+            weights[r] = ((x[:, None, :] - centres[None]) ** 2).sum(-1).min(-1).values
+            weights[r, taken[r]] = 0.0
+        picks = torch.multinomial(weights, 1, generator=gen)[:, 0]
+        for r in range(restarts):
+            taken[r].append(int(picks[r]))
+    seeding = torch.stack([x[t] for t in taken])
+    centres = seeding.clone()
+    for _ in range(max_iter):
+        moved = []
+        for r in range(restarts):
+            labels = ((x[:, None, :] - centres[r][None]) ** 2).sum(-1).argmin(-1)
+            new = torch.stack([x[labels == c].mean(0) if (labels == c).any() else torch.zeros(x.shape[1])
+                               for c in range(k)])
+            moved.append((new - centres[r]).norm(dim=-1).mean())
+            centres[r] = new
+        if all(m < tol for m in moved):
+            break
+    inertia = [((x[:, None, :] - centres[r][None]) ** 2).sum(-1).min(-1).values.sum()
+               for r in range(restarts)]
+    return seeding, centres[int(torch.stack(inertia).argmin())]
+
+
+@pytest.mark.parametrize('scale', [1e-3, 1.0, 1e3])
+def test_kmeans_matches_the_torch_kmeans_transcription(scale: float) -> None:
+    gen = torch.Generator().manual_seed(int(scale * 1000) % 97)
+    blobs = torch.randn(4, 6, generator=gen) * 2
+    x = (blobs.repeat_interleave(15, 0) + torch.randn(60, 6, generator=gen)).clamp_min(0) * scale
+    seeding, expected = transcribed_torch_kmeans(x, 5)
+    first = seeding[:, 0]
+    assert len({tuple(row.tolist()) for row in first}) == 8  # 8 distinct first centres
+    torch.testing.assert_close(conmf_kmeans_seeding(x, 5), seeding)
+    torch.testing.assert_close(kmeans_centres(x, 5), expected, rtol=1e-4, atol=1e-5 * scale)
+
+
+def conmf_kmeans_seeding(x: Tensor, k: int) -> Tensor:
+    from taco_ros.core import kmeans
+    return kmeans._kmeans_plus_plus(x, k, 8, 123)
+
+
+def test_kmeans_empty_cluster_becomes_a_zero_centre() -> None:
+    from taco_ros.core import kmeans
+    points = torch.tensor([[[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]]])
+    far = torch.tensor([[[[0.5, 0.5], [50.0, 50.0]]]])  # the second centre attracts no point
+    centres, _ = kmeans._lloyd(points, far, max_iter=1, tol=1e-4)
+    torch.testing.assert_close(centres[0, 0], torch.tensor([[0.5, 0.5], [0.0, 0.0]]))
 
 
 def test_anchor_bank_subset_and_device() -> None:

@@ -23,10 +23,15 @@ Objective, summed over the windows of a batch::
 The soft targets are *not* detached (gradients flow through both softmaxes). k* = argmin_k CE_I[k] is the
 factor shared by sound and image. TACO's weights: beta_1 = beta_2 = 1, beta_p = 125, beta_p_audio = 0, K = 8.
 
-Temporal terms (paper eq. 7). In a batch of consecutive frames of one video (``solve_batch(temporal=True)``):
-−beta_t Σ_t [cos(V_I[t,k*_t], V_I[t+1,k*_{t+1}]) + cos(V_A[t,k*_t], V_A[t+1,k*_{t+1}])]. In streaming it is
-made causal: −beta_t [cos(V_I[k*], V̄_I) + cos(V_A[k*], V̄_A)], with V̄ the previous window's sounding factors
-held fixed. Inside the term, k* is the argmin of the current step's CE_I (not differentiated).
+Temporal terms (paper eq. 7). In a batch of consecutive frames of one video (``solve_batch(temporal=True)``,
+the S4 benchmark): the chain penalty P = −beta_t Σ_t [cos(V_I[t,k*_t], V_I[t+1,k*_{t+1}]) + cos(V_A[t,k*_t],
+V_A[t+1,k*_{t+1}])]. TACO's ``conmf_txt`` adds this one scalar to *each* of the B per-frame errors before it
+sums the batch, so the batch objective holds B·P: the effective weight is B·beta_t (5 for a 5-frame S4 video),
+not beta_t. This solver books it the same way (every window's objective carries P). In streaming
+(``CoNMFConfig.streaming()``) the term is made causal: −beta_t [cos(V_I[k*], V̄_I) + cos(V_A[k*], V̄_A)], with V̄
+the previous window's sounding factors held fixed. The paper profile solves a single window exactly as TACO
+does, without any pull toward the previous window. Inside either term, k* is the argmin of the current step's
+CE_I (not differentiated).
 
 Reference solver (``CoNMFConfig.paper()``): V from seeded k-means (8 restarts), W ~ N(0, 1), plain gradient
 descent p ← p − lr ∇p with lr = 0.25 halved every 500 steps, 1800 steps. Activations, CE profile and k* come
@@ -259,8 +264,13 @@ class CoNMFConfig:
         beta_1, beta_2: weights of the image / audio reconstruction norms (paper: 1, 1).
         beta_p: weight of the image-side closest-factor CE, min_k CE_I[k] (paper: 125).
         beta_p_audio: weight of the audio-side closest-factor CE, min_k CE_A[k] (TACO's code: 0).
-        beta_t: weight of the temporal cosine term (paper: 1; 0 disables it, as the paper does for
-            multi-source scenes).
+        beta_t: nominal weight of the temporal cosine term (paper: 1; 0 disables it, as the paper does for
+            multi-source scenes). In ``solve_batch(temporal=True)`` every one of the B windows carries the
+            whole chain penalty, as in TACO's code, so its effective weight in the batch objective is
+            B·beta_t (an earlier note of this project said "weight 1": that was wrong).
+        causal_temporal: whether ``solve`` given a previous result adds the causal temporal term (a pull of
+            the sounding factors toward the previous window's). Streaming only: the paper profile solves
+            each window on its own, as TACO does.
 
     Solver:
         optimizer: 'gd' (plain gradient descent, the reference), 'nesterov' (momentum) or 'adam'.
@@ -325,6 +335,7 @@ class CoNMFConfig:
     kmeans_max_iter: int = 100
     kmeans_tol: float = 1e-4
     warm_start: bool = False
+    causal_temporal: bool = False
     warm_logits: str = 'previous'
     cold_restart_ratio: float = 1.2
     sounding_threshold: float = 0.031
@@ -332,15 +343,16 @@ class CoNMFConfig:
 
     @classmethod
     def paper(cls, **overrides: object) -> CoNMFConfig:
-        """TACO's reference setting: k-means init, plain GD, lr 0.25 halved every 500 steps, 1800 steps."""
+        """TACO's reference setting: k-means init, plain GD, lr 0.25 halved every 500 steps, 1800 steps; every
+        window is solved on its own (no warm start, no pull toward the previous window)."""
         return replace(cls(), **overrides)
 
     @classmethod
     def streaming(cls, **overrides: object) -> CoNMFConfig:
         """Robot defaults: warm start with refitted logits, Adam with early stopping, causal temporal term."""
         base = cls(optimizer='adam', lr=0.1, lr_decay=1.0, lr_decay_every=1_000_000, max_steps=400,
-                   tol=5e-4, cold_tol=1e-4, patience=3, min_steps=5, warm_start=True, warm_logits='refit',
-                   sounding_threshold=0.078)
+                   tol=5e-4, cold_tol=1e-4, patience=3, min_steps=5, warm_start=True, causal_temporal=True,
+                   warm_logits='refit', sounding_threshold=0.078)
         return replace(base, **overrides)
 
     def validate(self) -> None:
@@ -524,7 +536,7 @@ def _forward(data: _Data, unknowns: Sequence[Tensor], config: CoNMFConfig, chain
     if chain and config.beta_t > 0 and batch > 1:
         link = (_pair_cosine(sounding_image[:-1], sounding_image[1:])
                 + _pair_cosine(sounding_audio[:-1], sounding_audio[1:]))
-        temporal = temporal + nn.functional.pad(-config.beta_t * link, (1, 0))  # booked on window t+1
+        temporal = temporal - config.beta_t * link.sum()  # one scalar, booked on every window (TACO)
     if anchors is not None:
         link = _pair_cosine(sounding_image, anchors.image) + _pair_cosine(sounding_audio, anchors.audio)
         temporal = temporal - anchors.weight * link
@@ -570,9 +582,11 @@ def _temporal_value_and_grad(factors: Sequence[Tensor], k_star: Tensor, beta_t: 
         sounding = v[rows, k_star]
         if chain and beta_t > 0 and batch > 1:
             cos, grad_prev, grad_next = _cosine_grad(sounding[:-1], sounding[1:])
-            value = value + nn.functional.pad(-beta_t * cos, (1, 0))
-            grads[index].index_put_((rows[:-1], k_star[:-1]), -beta_t * grad_prev, accumulate=True)
-            grads[index].index_put_((rows[1:], k_star[1:]), -beta_t * grad_next, accumulate=True)
+            value = value - beta_t * cos.sum()
+            # The scalar is in each of the B window objectives: the batch sum holds it B times.
+            weight = beta_t * batch
+            grads[index].index_put_((rows[:-1], k_star[:-1]), -weight * grad_prev, accumulate=True)
+            grads[index].index_put_((rows[1:], k_star[1:]), -weight * grad_next, accumulate=True)
         if anchors is not None:
             cos, grad_row, _ = _cosine_grad(sounding, anchors.image if index == 0 else anchors.audio)
             value = value - anchors.weight * cos
@@ -919,8 +933,10 @@ def solve(
 
     ``config`` defaults to ``CoNMFConfig.streaming()``. ``warm_start`` is the previous window's result: with
     ``config.warm_start`` it initialises the unknowns unless the scene-change rule asks for a cold start, and
-    with ``config.beta_t > 0`` its sounding factors anchor the causal temporal term (not after a scene-change
-    restart, when they describe another scene). Runs on the inputs' device; the bank is copied there.
+    with ``config.causal_temporal`` and ``config.beta_t > 0`` its sounding factors anchor the causal temporal
+    term (not after a scene-change restart, when they describe another scene). The paper profile has neither:
+    the previous result is ignored and the window is solved as TACO solves it. Runs on the inputs' device; the
+    bank is copied there.
     """
     config = config or CoNMFConfig.streaming()
     with _autograd_allowed():
@@ -940,9 +956,11 @@ def solve_batch(
     """Co-factorise B windows at once (cold starts): x_image [B, N_I, D_I], x_audio [B, N_A, D_A].
 
     ``config`` defaults to ``CoNMFConfig.paper()``. With ``temporal=True`` the windows are consecutive frames
-    of one video and the paper's batch temporal term (weight ``config.beta_t``) links the sounding factors of
-    frames t and t+1. Otherwise the windows are independent and each result equals a separate ``solve`` (with
-    early stopping, the batch stops when every window has met the tolerance).
+    of one video and the paper's batch temporal term links the sounding factors of frames t and t+1. As in
+    TACO's ``conmf_txt`` the chain penalty is added to each window's objective, so it weighs B·``beta_t``
+    in the batch objective (S4: 5 frames, weight 5). Otherwise the windows are independent and each result
+    equals a separate ``solve`` (with early stopping, the batch stops when every window has met the
+    tolerance).
     """
     config = config or CoNMFConfig.paper()
     with _autograd_allowed():
@@ -975,9 +993,11 @@ def _solve(x_image: Tensor, x_audio: Tensor, bank: AnchorBank, config: CoNMFConf
 
 def _temporal_anchors(data: _Data, config: CoNMFConfig, previous: list[CoNMFResult] | None,
                       reason: str) -> _Temporal | None:
-    """The previous windows' sounding factors for the causal term; None without them, with beta_t = 0, with
-    other factor dimensions, or after a scene change (they would pull towards another scene)."""
-    if previous is None or config.beta_t == 0 or reason.startswith(_SCENE_CHANGE):
+    """The previous windows' sounding factors for the causal term; None without them, without
+    ``causal_temporal`` (paper profile), with beta_t = 0, with other factor dimensions, or after a scene
+    change (they would pull towards another scene)."""
+    if (previous is None or not config.causal_temporal or config.beta_t == 0
+            or reason.startswith(_SCENE_CHANGE)):
         return None
     device = data.x_image.device
     image = torch.stack([r.image_factors[r.k_star].detach().float() for r in previous]).to(device)

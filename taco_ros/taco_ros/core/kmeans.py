@@ -1,11 +1,22 @@
 """Seeded, batched k-means (k-means++ seeding + Lloyd iterations) for the co-NMF factor initialisation.
 
-TACO initialises the factors V_I and V_A with the centres of a k-means of the tokens (method.md §4.1):
-k-means++ seeding, ``n_restarts`` = 8 independent restarts, at most 100 Lloyd iterations, tolerance 1e-4,
-Euclidean distance, a fixed seed (123), and the restart with the lowest inertia wins. This module is our own
-implementation of that procedure. The Lloyd iterations of every restart of every sample run as one batched
-tensor program on the tokens' device; the seeding draws come from a CPU ``torch.Generator`` reseeded for every
-sample, so that a seed gives the same centres on any device and in any batch.
+TACO initialises the factors V_I and V_A with the centres of a k-means of the tokens (method.md §4.1), run by
+the ``torch_kmeans`` library with its defaults. This module is our own implementation of the same procedure:
+
+* ``n_restarts`` = 8 independent k-means++ seedings. The first centres of the 8 restarts are 8 *distinct*
+  tokens (one uniform draw without replacement); every further centre is drawn with probability ∝ D(x)², the
+  squared distance to the closest centre of that restart so far.
+* Lloyd iterations (at most 100): assign each token to its closest centre (Euclidean), move each centre to the
+  mean of its tokens; a centre that lost all its tokens becomes the zero vector.
+* Convergence: the mean over the K centres of the L2 length of their move is below ``tol`` = 1e-4 (absolute,
+  not scaled by the data) for every restart.
+* The restart with the lowest inertia (sum of squared distances of the tokens to their closest centre) wins.
+* Seed 123.
+
+Two choices of ours: the draws come from a CPU ``torch.Generator`` reseeded for every sample (so a seed gives
+the same centres on any device and in any batch), and every sample of a batch stops on its own convergence
+(a batch gives the same centres as separate calls; the library stops a batch when all of it has converged).
+The Lloyd iterations of every restart of every sample run as one batched tensor program on the tokens' device.
 """
 
 from __future__ import annotations
@@ -31,21 +42,28 @@ def _squared_distances(points: Tensor, centres: Tensor, point_norms: Tensor) -> 
 def _kmeans_plus_plus(points: Tensor, n_clusters: int, n_restarts: int, seed: int) -> Tensor:
     """k-means++ seeding of one sample [N, D] for every restart: [R, K, D].
 
-    The first centre is uniform, each next one drawn with probability ∝ D(x)², the squared distance to the
-    closest centre so far. Draws come from a CPU generator seeded with ``seed``.
+    Draw order (one generator seeded with ``seed``): the R first centres in one draw without replacement,
+    then, for each further centre, one draw per restart from its D(x)² weights.
     """
     generator = torch.Generator(device='cpu').manual_seed(seed)
     n_points = points.shape[0]
     point_norms = (points * points).sum(-1).unsqueeze(0)
     flat = points.unsqueeze(0)
-    picks = torch.randint(n_points, (n_restarts,), generator=generator)
+    uniform = torch.full((1, n_points), 1.0 / n_points)
+    picks = torch.multinomial(uniform, n_restarts, replacement=False, generator=generator).view(-1)
+    chosen = torch.zeros(n_restarts, n_points, dtype=torch.bool)
+    chosen[torch.arange(n_restarts), picks] = True
     centres = points[picks.to(points.device)].unsqueeze(1)  # [R, 1, D]
     closest = _squared_distances(flat, centres.unsqueeze(0), point_norms)[0, :, :, 0]  # [R, N]
     for _ in range(1, n_clusters):
-        weights = closest.to('cpu', torch.float64)
-        # Every point coincides with a centre (duplicated tokens): fall back to a uniform draw.
-        weights[weights.sum(-1) <= 0] = 1.0
+        # Row-major weights: the draw pairs each weight with a random number by memory position.
+        weights = closest.to('cpu', torch.float32).contiguous().clone()
+        weights[chosen] = 0.0  # a token already taken is never drawn again (rounding could leave it > 0)
+        # Every token coincides with a centre (duplicated tokens): fall back to a uniform draw of the others.
+        degenerate = weights.sum(-1) <= 0
+        weights[degenerate] = (~chosen[degenerate]).float()
         picks = torch.multinomial(weights, 1, generator=generator).view(-1)
+        chosen[torch.arange(n_restarts), picks] = True
         new = points[picks.to(points.device)].unsqueeze(1)
         centres = torch.cat([centres, new], dim=1)
         closest = torch.minimum(closest, _squared_distances(flat, new.unsqueeze(0), point_norms)[0, :, :, 0])
@@ -53,23 +71,25 @@ def _kmeans_plus_plus(points: Tensor, n_clusters: int, n_restarts: int, seed: in
 
 
 def _lloyd(points: Tensor, centres: Tensor, max_iter: int, tol: float) -> tuple[Tensor, Tensor]:
-    """Lloyd iterations on all restarts at once; returns the centres and their inertia [B, R]."""
+    """Lloyd iterations on all restarts at once; returns the centres and their inertia [B, R].
+
+    A sample stops moving once the mean centre shift of each of its restarts is below ``tol``.
+    """
     batch, n_points, dim = points.shape
     point_norms = (points * points).sum(-1)
-    # sklearn's convention: the tolerance is relative to the mean per-feature variance of the data.
-    threshold = tol * points.var(dim=1, unbiased=False).mean(-1).view(-1, 1)  # [B, 1]
     restarts, n_clusters = centres.shape[1], centres.shape[2]
+    active = torch.ones(batch, dtype=torch.bool, device=points.device)
     for _ in range(max_iter):
         assignment = _squared_distances(points, centres, point_norms).argmin(-1)  # [B, R, N]
         one_hot = torch.nn.functional.one_hot(assignment, n_clusters).to(points.dtype)  # [B, R, N, K]
         counts = one_hot.sum(-2).unsqueeze(-1)  # [B, R, K, 1]
         members = one_hot.permute(0, 1, 3, 2).reshape(batch, restarts * n_clusters, n_points)
         sums = (members @ points).view(batch, restarts, n_clusters, dim)  # [B, R, K, D]
-        # An empty cluster keeps its previous centre.
-        updated = torch.where(counts > 0, sums / counts.clamp_min(1.0), centres)
-        shift = ((updated - centres) ** 2).sum((-1, -2))  # [B, R]
-        centres = updated
-        if bool((shift <= threshold).all()):
+        updated = sums / counts.clamp_min(1.0)  # an empty cluster: zero sum → zero centre
+        shift = (updated - centres).norm(dim=-1).mean(-1)  # [B, R] mean L2 move of the K centres
+        centres = torch.where(active.view(-1, 1, 1, 1), updated, centres)
+        active = active & ~(shift < tol).all(-1)
+        if not bool(active.any()):
             break
     inertia = _squared_distances(points, centres, point_norms).min(-1).values.sum(-1)
     return centres, inertia
@@ -89,9 +109,10 @@ def kmeans_centres(
     Args:
         points: [B, N, D] or [N, D] float tensor (the clamped tokens X_I or X_A).
         n_clusters: K, the number of centres (K <= N).
-        n_restarts: independent k-means++ seedings per sample; the lowest inertia wins (TACO: 8).
+        n_restarts: independent k-means++ seedings per sample, with distinct first centres, so at most N; the
+            lowest inertia wins (TACO: 8).
         max_iter: Lloyd iteration cap (TACO: 100).
-        tol: stop when the squared centre shift is below ``tol`` times the mean feature variance (TACO: 1e-4).
+        tol: stop when the mean L2 shift of the centres is below ``tol`` in every restart (TACO: 1e-4).
         seed: seed of the CPU generator used for the k-means++ draws (TACO: 123).
 
     Returns:
@@ -104,8 +125,9 @@ def kmeans_centres(
         raise ValueError(f'kmeans_centres expects points [B, N, D] or [N, D], got {tuple(points.shape)}')
     if not 1 <= n_clusters <= points.shape[1]:
         raise ValueError(f'kmeans_centres: n_clusters={n_clusters} must be in [1, N={points.shape[1]}]')
-    if n_restarts < 1 or max_iter < 0:
-        raise ValueError('kmeans_centres: n_restarts must be >= 1 and max_iter >= 0')
+    if not 1 <= n_restarts <= points.shape[1] or max_iter < 0:
+        raise ValueError(f'kmeans_centres: n_restarts must be in [1, N={points.shape[1]}] (distinct first '
+                         f'centres) and max_iter >= 0; got {n_restarts} and {max_iter}')
     with torch.no_grad():
         # Seeded per sample, so that a batch gives the same centres as separate calls.
         seeds = torch.stack([_kmeans_plus_plus(sample, n_clusters, n_restarts, seed) for sample in points])

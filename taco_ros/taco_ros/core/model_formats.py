@@ -51,7 +51,8 @@ def expected_kind(filename: str | os.PathLike) -> str:
 
 def _looks_like_html(head: bytes) -> bool:
     text = head.lstrip().lower()
-    return text.startswith((b'<!doctype html', b'<html', b'<head', b'<?xml')) or b'<html' in text[:512]
+    return text.startswith(b'<') and (text.startswith((b'<!doctype html', b'<html', b'<head'))
+                                      or b'<html' in text[:512])
 
 
 def _what_it_is(head: bytes) -> str:
