@@ -5,7 +5,7 @@ ROS 2 ``cv_bridge`` is not installable from PyPI, so images are converted here, 
 encodings cameras publish (8/16-bit RGB, BGR, mono, Bayer, 4:2:2 YUV) are read by
 :mod:`taco_ros.camera_encodings`.
 
-Audio arrives in several message layouts (ros.md §4); each decoder returns an
+Audio arrives in several message layouts (docs/ros_interface.md, "Audio inputs"); each decoder returns an
 :class:`AudioChunkData` holding float32 frames [n, channels] in [-1, 1], the sample rate and the
 capture time of the first sample (None when the message carries no stamp). Both
 ``audio_common_msgs`` flavours are supported when one is importable; which one is installed is
@@ -419,9 +419,10 @@ def decode_audio_data(msg: Any, info: RawAudioFormat) -> AudioChunkData:
     if len(data) > MAX_AUDIO_VALUES * 4:
         raise InputTooLargeError(f'audio message has {len(data)} bytes, more than '
                                  f'{MAX_AUDIO_VALUES} 32-bit samples')
+    rate = _check_rate(info.sample_rate)
     _check_channels(info.channels)
     frames = decode_pcm(data, info)
-    return AudioChunkData(frames, _check_rate(info.sample_rate),
+    return AudioChunkData(frames, rate,
                           _header_stamp(msg) if stamped else None)
 
 

@@ -67,7 +67,7 @@ def read_word_list(path: str | os.PathLike) -> list[str]:
 
 
 def audioset_labels() -> list[str]:
-    """The 527 AudioSet class names in TACO's order (see data/README.md)."""
+    """The 527 AudioSet class names in TACO's order (see taco_ros/taco_ros/data/README.md)."""
     text = resources.files('taco_ros').joinpath('data', AUDIOSET_LABELS_FILE).read_text('utf-8')
     return parse_word_list(text.splitlines())
 
