@@ -179,7 +179,7 @@ def bench_node(args: argparse.Namespace, bank: Path) -> dict[str, float]:
             frames += 1
         time.sleep(0.005)
     time.sleep(1.0)
-    counts = dict(node._stats.counts)
+    drops = dict(node._policy.drops)
     stages = list(node._stats.stages)
     executor.shutdown(timeout_sec=5.0)
     node.release()
@@ -188,8 +188,8 @@ def bench_node(args: argparse.Namespace, bank: Path) -> dict[str, float]:
     rclpy.shutdown(context=context)
     latencies = [now - end for now, end in received]
     return {
-        'windows': len(received), 'dropped_busy': counts.get('dropped_busy', 0),
-        'dropped_no_frame': counts.get('dropped_no_frame', 0),
+        'windows': len(received), 'dropped_busy': drops.get('busy', 0),
+        'dropped_no_frame': drops.get('no_frame', 0),
         'latency_mean_s': statistics.mean(latencies) if latencies else float('nan'),
         'latency_max_s': max(latencies) if latencies else float('nan'),
         'processing_mean_s': (statistics.mean(s['total'] for s in stages) / 1e3

@@ -502,9 +502,7 @@ def declare_all(node: Any, name: str = NODE_NAME) -> list[str]:
         except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
             node.declare_parameter(spec.name, _copy(spec.default), descriptor(spec),
                                    ignore_override=True)
-            problems.append(f'{spec.name}: the value given at start-up was refused ({exc}); '
-                            f'expected {spec.type_name}'
-                            + (f' in [{spec.range[0]}, {spec.range[1]}]' if spec.range else ''))
+            problems.append(f'{spec.name}: the value given at start-up was refused: {exc}')
     return problems
 
 

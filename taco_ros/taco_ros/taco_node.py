@@ -42,7 +42,8 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.exceptions import InvalidHandle
+from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -124,7 +125,7 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         if not self._load_pipeline():
             return TransitionCallbackReturn.FAILURE
-        self._reset_inputs('configured')
+        self._reset_inputs()
         self._make_publishers()
         self._vocabulary_service = self.create_service(
             SetVocabulary, params.SERVICE_SET_VOCABULARY, self._on_set_vocabulary)
@@ -163,11 +164,11 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
         self._pipeline = pipeline
         return True
 
-    def _reset_inputs(self, reason: str) -> None:
+    def _reset_inputs(self) -> None:
         """Empty the window policy (audio, frames, grid) with the current window settings."""
         with self._input_lock:
             self._policy.configure(self.window_settings())
-            self._policy.reset(reason)
+            self._policy.reset()
 
     def _make_publishers(self) -> None:
         reliable = QoSProfile(depth=params.OUTPUT_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
@@ -190,7 +191,7 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
             self.get_logger().error(f'activate failed: could not load the models: {exc}')
             return TransitionCallbackReturn.FAILURE
         result = super().on_activate(state)
-        self._reset_inputs('activated')
+        self._reset_inputs()
         self._subscribe_image()
         self._subscribe_audio()
         self._activation_timers.append(self.create_timer(
@@ -207,7 +208,7 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
             if self._pipeline is not None:
                 self._pipeline.reset()
                 self._pipeline.suspend()
-        self._reset_inputs('deactivated')
+        self._reset_inputs()
         return super().on_deactivate(state)
 
     @_logged_transition
@@ -398,6 +399,18 @@ def _return_memory() -> None:
         pass
 
 
+def spin(executor: Executor) -> None:
+    """``executor.spin()``, resumed when rclpy's executor trips over an entity that another thread
+    destroyed while it was building its wait set (a lifecycle transition run by a service callback
+    destroys subscriptions that way). The entity is gone on the next turn; the node runs on."""
+    while True:
+        try:
+            executor.spin()
+            return
+        except InvalidHandle:
+            continue
+
+
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``ros2 run taco_ros taco_node``."""
     rclpy.init(args=args)
@@ -410,7 +423,7 @@ def main(args: list[str] | None = None) -> int:
             node.get_logger().fatal('taco_node did not start (see the error above)')
             code = 1
         else:
-            executor.spin()
+            spin(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

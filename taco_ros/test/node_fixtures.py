@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 TINY = 'taco_tiny'
+WINDOW_TIMEOUT = 90.0   # seconds to wait for windows on a loaded 2-core machine
+EVENT_TIMEOUT = 30.0    # seconds to wait for a counter, a diagnostics report or a service
 FRAME_SHAPE = (120, 160)
 RATE = 16000
 CHUNK = 512          # 32 ms, the usual microphone block
@@ -258,8 +261,10 @@ class NodeHarness:
     def _spin(self) -> None:
         from rclpy.executors import ExternalShutdownException
 
+        from taco_ros.taco_node import spin
+
         try:
-            self.executor.spin()
+            spin(self.executor)     # survives entities destroyed by the test thread meanwhile
         except ExternalShutdownException:
             pass
 
@@ -367,3 +372,89 @@ class StreamPublisher:
     def stop(self) -> None:
         self._stop.set()
         self.join()
+
+
+# ------------------------------------------------------------------------------ node fixtures
+# Module-scoped: each test module that imports them gets one node, shared by its tests.
+@pytest.fixture(scope='module')
+def context() -> Any:
+    saved = os.environ.get('ROS_DOMAIN_ID')
+    os.environ['ROS_DOMAIN_ID'] = str(unique_domain_id())
+    import rclpy
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    yield ctx
+    rclpy.shutdown(context=ctx)
+    if saved is None:
+        os.environ.pop('ROS_DOMAIN_ID', None)
+    else:
+        os.environ['ROS_DOMAIN_ID'] = saved
+
+
+@pytest.fixture(scope='module')
+def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    work = tmp_path_factory.mktemp('taco_node')
+    (work / 'empty').mkdir()
+    return {
+        'model_config': str(small_model_config(work)), 'model_dir': str(work / 'empty'),
+        'allow_random_weights': True, 'vocabulary': list(WORDS), 'solver_max_steps': 10,
+        'device': 'cpu',
+    }
+
+
+@pytest.fixture(scope='module')
+def shared(context: Any, base: dict[str, Any]) -> NodeHarness:
+    harness = NodeHarness(context, base, debug_subscriber=True)
+    assert harness.started, 'taco_node did not configure and activate'
+    yield harness
+    harness.close()
+
+
+def restart(harness: NodeHarness, **changes: Any) -> None:
+    """deactivate, set (activate-time or live) parameters, activate; forget recorded messages."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    node = harness.node
+    assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    if changes:
+        from rclpy.parameter import Parameter
+
+        results = node.set_parameters([Parameter(k, value=v) for k, v in changes.items()])
+        assert all(r.successful for r in results), [r.reason for r in results]
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    harness.recorder.clear()
+
+
+def stream_until(harness: NodeHarness, image_pub: Any, audio_pub: Any, windows: int,
+                 timeout: float = WINDOW_TIMEOUT, **makers: Any) -> StreamPublisher:
+    """Stream in real time until ``windows`` new windows were published (or the timeout)."""
+    start = harness.recorder.count('objects')
+    stream = StreamPublisher(harness, image_pub, audio_pub, **makers)
+    stream.start(timeout)
+    harness.wait_for(lambda: harness.recorder.count('objects') >= start + windows, timeout)
+    stream.stop()
+    time.sleep(0.5)   # outputs of the window in flight
+    return stream
+
+
+def gate_inference(node: Any) -> tuple[threading.Event, threading.Event, Callable[[], None]]:
+    """Hold every window at the start of the pipeline until released: (entered, release, undo).
+
+    entered is set when a window reaches the pipeline; release lets it (and the next ones) run;
+    undo releases and puts the pipeline's own process back."""
+    pipeline = node._pipeline
+    entered, release = threading.Event(), threading.Event()
+    real = pipeline.process
+
+    def gated(frame: np.ndarray, window: Any) -> Any:
+        entered.set()
+        release.wait(WINDOW_TIMEOUT)
+        return real(frame, window)
+
+    pipeline.process = gated
+
+    def undo() -> None:
+        release.set()
+        pipeline.__dict__.pop('process', None)
+    return entered, release, undo

@@ -294,3 +294,41 @@ def test_mic_node_reopens_a_device_that_stops_delivering(tmp_path: Path) -> None
     assert int(values['stream_restarts']) >= 1
     stamps = listener.stamps_ns()
     assert np.all(np.diff(stamps) > 0)           # a new stream never stamps into the past
+
+
+# -- parameters ----------------------------------------------------------------------------------------
+@pytest.mark.ros
+def test_mic_node_refuses_wrong_parameter_values_and_keeps_running() -> None:
+    """A wrong type (which made rclpy raise while the node was built), a value out of range or not
+    among the choices: each is reported, replaced by its default, and the node runs and publishes
+    its diagnostics."""
+    from rclpy.parameter import Parameter
+
+    from taco_ros import params
+    from taco_ros.mic_node import SAMPLE_FORMATS, MicNode
+
+    assert tuple(SAMPLE_FORMATS) == params.MIC_SAMPLE_FORMATS
+    overrides = {'device': 'no-such-mic', 'sample_rate': 'fast', 'channels': 99,
+                 'sample_format': 'int8', 'qos': 'lossy', 'retry_initial_s': 5.0,
+                 'retry_max_s': 1.0, 'diagnostics_period_s': 0.2}
+    with ros_session('mic_params_probe') as (context, probe, executor):
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        statuses: list = []
+        probe.create_subscription(DiagnosticArray, '/diagnostics',
+                                  lambda m: statuses.extend(m.status), 10)
+        mic = MicNode(context=context, parameter_overrides=[
+            Parameter(k, value=v) for k, v in overrides.items()])
+        try:
+            executor.add_node(mic)
+            problems = ' | '.join(mic.parameter_problems)
+            for name in ('sample_rate', 'channels', 'sample_format', 'qos', 'retry_max_s'):
+                assert name in problems, problems
+            assert (mic.sample_rate, mic.channels, mic.sample_format) == (16000, 1, 'int16')
+            assert spin_until(executor, lambda: any(
+                'no-such-mic' in s.message for s in statuses), 30)
+            values = {kv.key: kv.value for kv in statuses[-1].values}
+            assert 'sample_rate' in values['parameter_problems']
+        finally:
+            executor.remove_node(mic)
+            mic.destroy_node()

@@ -23,9 +23,12 @@ import pytest
 rclpy = pytest.importorskip('rclpy')
 pytest.importorskip('taco_msgs.msg')
 
+import node_fixtures  # noqa: E402
 from node_fixtures import (  # noqa: E402
     CHUNK,
+    EVENT_TIMEOUT,
     RATE,
+    WINDOW_TIMEOUT,
     WORDS,
     NodeHarness,
     StreamPublisher,
@@ -35,7 +38,8 @@ from node_fixtures import (  # noqa: E402
     isolate_model_search,
     make_frame,
     multiarray_msg,
-    small_model_config,
+    restart,
+    stream_until,
     tone,
     unique_domain_id,
 )
@@ -46,74 +50,13 @@ from std_msgs.msg import Float32MultiArray, Int16MultiArray  # noqa: E402
 
 from taco_msgs.msg import AudioChunk, LabelInfo  # noqa: E402
 from taco_msgs.srv import SetVocabulary  # noqa: E402
-from taco_ros import params  # noqa: E402
 from taco_ros.conversions import stamp_to_sec  # noqa: E402
 from taco_ros.taco_node import TacoNode  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
-WINDOW_TIMEOUT = 90.0   # seconds to wait for windows on a loaded 2-core machine
-EVENT_TIMEOUT = 30.0    # seconds to wait for a counter, a diagnostics report or a service
-
-
-# ---------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope='module')
-def context() -> Any:
-    saved = os.environ.get('ROS_DOMAIN_ID')
-    os.environ['ROS_DOMAIN_ID'] = str(unique_domain_id())
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    rclpy.shutdown(context=ctx)
-    if saved is None:
-        os.environ.pop('ROS_DOMAIN_ID', None)
-    else:
-        os.environ['ROS_DOMAIN_ID'] = saved
-
-
-@pytest.fixture(scope='module')
-def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    work = tmp_path_factory.mktemp('taco_node')
-    (work / 'empty').mkdir()
-    return {
-        'model_config': str(small_model_config(work)), 'model_dir': str(work / 'empty'),
-        'allow_random_weights': True, 'vocabulary': list(WORDS), 'solver_max_steps': 10,
-        'device': 'cpu',
-    }
-
-
-@pytest.fixture(scope='module')
-def shared(context: Any, base: dict[str, Any]) -> NodeHarness:
-    harness = NodeHarness(context, base, debug_subscriber=True)
-    assert harness.started, 'taco_node did not configure and activate'
-    yield harness
-    harness.close()
-
-
-def restart(harness: NodeHarness, **changes: Any) -> None:
-    """deactivate, set (activate-time or live) parameters, activate; forget recorded messages."""
-    from rclpy.lifecycle import TransitionCallbackReturn
-
-    node = harness.node
-    assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
-    if changes:
-        results = node.set_parameters([Parameter(k, value=v) for k, v in changes.items()])
-        assert all(r.successful for r in results), [r.reason for r in results]
-    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-    harness.recorder.clear()
-
-
-def stream_until(harness: NodeHarness, image_pub: Any, audio_pub: Any, windows: int,
-                 timeout: float = WINDOW_TIMEOUT, **makers: Any) -> StreamPublisher:
-    """Stream in real time until ``windows`` new windows were published (or the timeout)."""
-    start = harness.recorder.count('objects')
-    stream = StreamPublisher(harness, image_pub, audio_pub, **makers)
-    stream.start(timeout)
-    harness.wait_for(lambda: harness.recorder.count('objects') >= start + windows, timeout)
-    stream.stop()
-    time.sleep(0.5)   # outputs of the window in flight
-    return stream
-
+# The module's node and its context (pytest fixtures from node_fixtures).
+context, base, shared = node_fixtures.context, node_fixtures.base, node_fixtures.shared
 
 def key(msg: Any) -> tuple[int, int]:
     """The header stamp of an output, as a dict key."""
@@ -209,81 +152,6 @@ def test_output_messages_of_a_window() -> None:
     info = label_info_message(['dog', 'bird'], 0.4, header.stamp)
     assert [(c.class_id, c.class_name) for c in info.class_map] == [(0, 'dog'), (1, 'bird')]
     assert info.threshold == pytest.approx(0.4)
-
-
-# ---------------------------------------------------------------------------- parameters
-@pytest.mark.parametrize('node,file', [('taco_node', 'taco.yaml'), ('mic_node', 'mic.yaml')])
-def test_config_files_are_the_generated_tables(node: str, file: str) -> None:
-    import yaml
-
-    path = Path(__file__).resolve().parents[1] / 'config' / file
-    text = path.read_text(encoding='utf-8')
-    assert text == params.yaml_text(node), \
-        f'config/{file} is stale: regenerate it with taco_ros.params.yaml_text({node!r})'
-    # Keyed /** so that the file applies under any namespace and node name.
-    values = yaml.safe_load(text)['/**']['ros__parameters']
-    defaults = params.defaults(node)
-    assert values == {k: v for k, v in defaults.items() if v != []}
-    for name, value in values.items():
-        assert params.validate(name, value, node) is None, (name, value)
-
-
-def test_parameter_table_yaml_and_readme_agree() -> None:
-    table = params.markdown_table()
-    for spec in params.PARAMETERS:
-        assert spec.description and f'| `{spec.name}` |' in table
-        assert params.validate(spec.name, spec.default) is None, spec.name
-        if spec.type_name in ('int', 'double'):
-            assert spec.range is not None, f'{spec.name} needs a range'
-    for topic in params.TOPICS:
-        assert f'| `{topic.name}` |' in table
-    assert params.validate_together(params.defaults()) is None
-
-
-def test_declared_descriptors_match_the_table(shared: NodeHarness) -> None:
-    node = shared.node
-    names = [spec.name for spec in params.PARAMETERS]
-    for spec, descriptor in zip(params.PARAMETERS, node.describe_parameters(names), strict=True):
-        assert descriptor.description == spec.full_description()
-        assert descriptor.read_only == spec.startup_only
-        if spec.range is not None:
-            bounds = (descriptor.integer_range or descriptor.floating_point_range)[0]
-            assert (bounds.from_value, bounds.to_value) == pytest.approx(spec.range)
-    config = node.pipeline_config()
-    assert config.vocabulary == WORDS and config.solver_overrides == {'max_steps': 10}
-
-
-@pytest.mark.parametrize('name,value,reason', [
-    ('window_sec', 0.0, 'out of range'),
-    ('window_sec', 1, 'type'),
-    ('mode', 'panoptic', 'not one of'),
-    ('device', 'cuda:0', 'applied at configure'),
-    ('model_config', 'taco_convnext_large', 'applied at configure'),
-    ('image_qos', 'reliable', 'applied at activate'),
-    ('vocabulary', ['dog', 'dog'], 'duplicate'),
-    ('vocabulary', ['only one'], 'at least 2'),
-    ('latency_error', 0.5, 'latency_warn'),
-    ('autostart', False, 'read-only'),
-])
-def test_bad_parameter_values_are_refused_with_a_reason(shared: NodeHarness, name: str, value: Any,
-                                                         reason: str) -> None:
-    before = shared.node.get_parameter(name).value
-    result = shared.node.set_parameters([Parameter(name, value=value)])[0]
-    assert not result.successful and reason in result.reason, result.reason
-    assert shared.node.get_parameter(name).value == before
-
-
-def test_live_parameters_apply(shared: NodeHarness) -> None:
-    node = shared.node
-    results = node.set_parameters([Parameter('mask_threshold', value=0.3),
-                                   Parameter('top_k', value=3), Parameter('mode', value='coarse')])
-    try:
-        assert all(r.successful for r in results)
-        config = node._pipeline.config
-        assert (config.mask_threshold, config.top_k, config.mode) == (0.3, 3, 'coarse')
-    finally:
-        node.set_parameters([Parameter('mask_threshold', value=0.5), Parameter('top_k', value=5),
-                             Parameter('mode', value='full')])
 
 
 # ------------------------------------------------------------------------------- streams
@@ -420,12 +288,14 @@ def test_gaps_out_of_order_rate_change_and_loop(shared: NodeHarness) -> None:
             assert shared.wait_for(lambda d=done: shared.recorder.count('objects') > d,
                                    WINDOW_TIMEOUT), f'no window after {name}'
         phase['name'] = 'normal'
+        assert shared.wait_for(lambda: node._policy.sample_rate == RATE, EVENT_TIMEOUT)
         resets = sum(node._policy.restarts.values())
         stream.t0 -= 30.0      # the bag loops: every stamp jumps 30 s back
-        # Camera or microphone may notice first; either restarts the buffers and warm state.
+        # Camera or microphone may notice first; either way the inputs restart once.
         assert shared.wait_for(lambda: sum(node._policy.restarts.values()) > resets, EVENT_TIMEOUT)
         done = shared.recorder.count('objects')
         assert shared.wait_for(lambda: shared.recorder.count('objects') > done, WINDOW_TIMEOUT)
+        assert sum(node._policy.restarts.values()) == resets + 1, node._policy.restarts
     finally:
         stream.stop()
         shared.peer.destroy_publisher(image_pub)
@@ -596,6 +466,29 @@ def test_busy_node_drops_windows_and_latency_stays_bounded(shared: NodeHarness) 
         'dropped windows (busy)', '0')) > 0, EVENT_TIMEOUT), inference
 
 
+def test_cleanup_releases_the_models_and_the_buffered_inputs(shared: NodeHarness) -> None:
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    restart(shared)
+    node = shared.node
+    image_pub = shared.publisher(Image, '/image')
+    audio_pub = shared.publisher(AudioChunk, '/audio')
+    try:
+        assert shared.wait_connected([image_pub, audio_pub])
+        stream_until(shared, image_pub, audio_pub, windows=1)
+        assert node._stats.stages
+        pipeline = weakref.ref(node._pipeline)
+        ok = TransitionCallbackReturn.SUCCESS
+        assert node.trigger_deactivate() == ok and node.trigger_cleanup() == ok
+        assert pipeline() is None, 'the pipeline outlived cleanup'   # no gc.collect() needed
+        assert node._policy.frames_held == 0 and node._policy.audio_end is None
+        assert not node._stats.stages and not node._stats.latency
+    finally:
+        shared.peer.destroy_publisher(image_pub)
+        shared.peer.destroy_publisher(audio_pub)
+        assert shared.node.start(), 'the node did not come back after cleanup'
+
+
 # ---------------------------------------------------------------------------- lifecycle
 def _rss_mb() -> float:
     with open('/proc/self/status', encoding='ascii') as status:
@@ -691,20 +584,3 @@ def test_main_exits_with_a_clear_error_without_model_files(tmp_path: Path) -> No
     assert result.returncode == 1, result.stdout + result.stderr
     output = result.stdout + result.stderr
     assert 'model files are missing' in output and 'taco-ros models fetch' in output
-
-
-README_BEGIN = '<!-- taco_node tables: generated by taco_ros.params.markdown_table() -->'
-README_END = '<!-- end of taco_node tables -->'
-
-
-def test_readme_tables_match_the_declarations() -> None:
-    readme = Path(__file__).resolve().parents[2] / 'README.md'
-    text = readme.read_text(encoding='utf-8') if readme.is_file() else ''
-    if README_BEGIN not in text:
-        pytest.fail('README.md has no generated taco_node tables section')
-    section = text.split(README_BEGIN, 1)[1].split(README_END, 1)[0]
-    assert section.strip() == params.readme_tables().strip(), \
-        'README tables are stale: paste taco_ros.params.readme_tables() between the markers'
-    for node in ('taco_node', 'mic_node'):
-        for spec in params.NODES[node].parameters:
-            assert f'| `{spec.name}` |' in params.markdown_table(node)

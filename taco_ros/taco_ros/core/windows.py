@@ -340,36 +340,39 @@ class WindowPolicy(PolicyReport, Generic[T]):
         """The audio restarted at ``chunk``: store it, then fix the grid and the frames."""
         audio = self.audio
         old_end = audio.end_time
-        old_rate, old_channels = audio.sample_rate, audio.channels
+        old_format = f'{audio.sample_rate} Hz x {audio.channels}'
         lost = self._due_count()
         report = audio.push(chunk.frames, chunk.stamp, chunk.sample_rate, chunk.tolerance)
-        reason = report.reset
-        if reason is None:      # cannot happen: held chunks always restart the buffer
+        if report.reset is None:      # cannot happen: these chunks always restart the buffer
             return report
         if lost:
             self.drops['restart'] += lost
-        if reason == RESET_BACKWARD_JUMP:
-            self.scheduler.reset()
+        if chunk.stamp <= old_end - audio.backward_jump_sec:
             text = f'time jumped back {old_end - chunk.stamp:.1f} s'
+            self._new_time_line(chunk.stamp, now)
             if self._incoming is not None:
                 self.frames, self._incoming = self._incoming, None
-                text = f'camera and audio time jumped back {old_end - chunk.stamp:.1f} s'
-            else:
-                # The camera has not looped yet: its frames still to come from the old time line
-                # are dropped until it does.
-                self._stale_after = chunk.stamp + FRAME_BACKWARD_JUMP_SEC
-                self._stale_since = now
-                self.frames.drop_after(self._stale_after)
-                self._camera_time = None
-        elif reason == RESET_LARGE_GAP:
+                text = f'camera and audio {text}'
+        else:   # the same time line: the grid goes on where the audio resumes
             self.scheduler.realign(chunk.stamp)
             text = f'audio resumed after a {chunk.stamp - old_end:.1f} s gap'
-        else:
-            self.scheduler.realign(chunk.stamp)
-            text = (f'audio format changed from {old_rate} Hz x {old_channels} to '
-                    f'{chunk.sample_rate} Hz x {chunk.frames.shape[1]}')
-        self._restart(reason, text)
+        if report.reset == RESET_FORMAT_CHANGE:
+            text = (f'audio format changed from {old_format} to {chunk.sample_rate} Hz x '
+                    f'{chunk.frames.shape[1]}' + (f'; {text}' if 'jumped' in text else ''))
+        self._restart(report.reset, text)
         return report
+
+    def _new_time_line(self, stamp: float, now: float) -> None:
+        """The audio jumped back to ``stamp``: a new grid; frames of the old time line go."""
+        self.scheduler.reset()
+        if self._incoming is not None:
+            return      # the camera is there already (its frames wait aside)
+        # The camera has not looped yet: its frames still to come from the old time line are
+        # dropped until it does.
+        self._stale_after = stamp + FRAME_BACKWARD_JUMP_SEC
+        self._stale_since = now
+        self.frames.drop_after(self._stale_after)
+        self._camera_time = None
 
     def _due_count(self) -> int:
         """Complete windows not handed out yet (lost if the audio is cleared now)."""
