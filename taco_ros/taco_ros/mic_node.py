@@ -1,6 +1,6 @@
 """mic_node: publishes a microphone as ``taco_msgs/AudioChunk`` blocks from a sounddevice (PortAudio) stream.
 
-Design (ros.md §2 and §4):
+Design (docs/ros_interface.md, "mic_node"):
 - The PortAudio callback only copies the block (PortAudio reuses its buffer) and notes when it ran; a
   publisher thread stamps and publishes, so no ROS call ever blocks the audio thread.
 - ``header.stamp`` is the capture time of the block's FIRST sample. Stamps run on the device's sample clock
