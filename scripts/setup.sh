@@ -116,25 +116,36 @@ setup_kilted() {
 }
 
 # ------------------------------------------------------------------------------------ Jazzy lane
+# The installation prefix of a Python 3.12 ($JAZZY_PYTHON, python3.12 on PATH, or pyenv's).
+python312_prefix() {
+    local candidate
+    for candidate in "$LANE_PYTHON" python3.12 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12; do
+        if "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
+            "$candidate" -c 'import sys; print(sys.base_prefix)'
+            return
+        fi
+    done
+    echo 'the Jazzy lane needs Python 3.12 (set JAZZY_PYTHON)' >&2
+    exit 1
+}
+
 # A copy of Python 3.12 that is an installation of its own (not a venv): a venv made from it with
 # --system-site-packages sees its site-packages as a venv on Ubuntu sees /usr/lib/python3/dist-packages.
 make_system_python() {
     local hash base
     hash=$(inputs_hash requirements-jazzy-system.txt)
     step_done jazzy-system "$hash" && [[ -x "$SYSTEM/bin/python3" ]] && return
-    command -v "$LANE_PYTHON" >/dev/null || { echo "the Jazzy lane needs $LANE_PYTHON" >&2; exit 1; }
-    base=$("$LANE_PYTHON" -c 'import sys; print(sys.base_prefix)')
+    base=$(python312_prefix)
     log "Jazzy lane: system Python (a copy of $base) with Ubuntu 24.04's python3-* packages"
     rm -rf "$LANE" && mkdir -p "$LANE"
     touch "$LANE/COLCON_IGNORE"     # colcon at the repository root must not crawl the lane
     cp -a "$base" "$SYSTEM"
     rm -rf "$SYSTEM"/lib/python3.12/test "$SYSTEM"/lib/python3.12/site-packages/*
+    "$SYSTEM/bin/python3" -m ensurepip > /dev/null
+    "$SYSTEM/bin/python3" -m pip install -q --disable-pip-version-check -r requirements-jazzy-system.txt
     # On Ubuntu this marker stands for apt: plain `pip install` into the system Python is refused.
     printf '[externally-managed]\nError=The Jazzy lane system Python stands in for Ubuntu: use a venv.\n' \
         > "$SYSTEM/lib/python3.12/EXTERNALLY-MANAGED"
-    "$SYSTEM/bin/python3" -m ensurepip -q
-    "$SYSTEM/bin/python3" -m pip install -q --disable-pip-version-check --break-system-packages \
-        -r requirements-jazzy-system.txt
     mark_done jazzy-system "$hash"
 }
 
