@@ -1,9 +1,16 @@
 # taco_ros: every job starts with the idempotent set-up (Debian packages, .venv, colcon build).
+# ROS_DISTRO=kilted (default): .venv + install/ at the repository root (Python 3.11, numpy 2).
+# ROS_DISTRO=jazzy: the Jazzy lane in .jazzy/ (Python 3.12, numpy 1.26, the README's robot install).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
+ROS_DISTRO ?= kilted
 ROS_ENV := source install/setup.bash
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+PYTEST := python -m pytest -ra --timeout=1200 $(PYTEST_ARGS)
+# The Jazzy lane runs the suite in its workspace's clone, as a robot that ran the README would.
+JAZZY_ENV := source .jazzy/opt/ros/jazzy/setup.bash && source .jazzy/taco_ws/venv/bin/activate \
+	&& source .jazzy/taco_ws/install/setup.bash && cd .jazzy/taco_ws/src/taco_ros
 
 .PHONY: help setup test lint demo bench clean
 
@@ -13,15 +20,24 @@ help:
 	@echo "make setup  only the set-up (scripts/setup.sh)"
 	@echo "make bench  run the benchmarks in bench/ (prints tables and ratios)"
 	@echo "make lint   ruff"
+	@echo "ROS_DISTRO=jazzy (make test ROS_DISTRO=jazzy): the same on the Jazzy lane"
 
 setup:
-	bash scripts/setup.sh
+	ROS_DISTRO=$(ROS_DISTRO) bash scripts/setup.sh
 
 lint: setup
+ifeq ($(ROS_DISTRO),jazzy)
+	@echo "lint runs on the Kilted lane (same sources)"
+else
 	.venv/bin/ruff check .
+endif
 
 test: lint
-	$(ROS_ENV) && .venv/bin/python -m pytest -ra --timeout=1200 $(PYTEST_ARGS)
+ifeq ($(ROS_DISTRO),jazzy)
+	$(JAZZY_ENV) && $(PYTEST)
+else
+	$(ROS_ENV) && .venv/bin/$(PYTEST)
+endif
 
 demo: setup
 	$(ROS_ENV) && taco-ros demo --output-dir demo_output $(DEMO_ARGS)
@@ -30,4 +46,4 @@ bench: setup
 	$(ROS_ENV) && for b in bench/bench_*.py; do echo "== $$b"; .venv/bin/python $$b || exit 1; done
 
 clean:
-	rm -rf build install log .stamps
+	rm -rf build install log .stamps .jazzy
