@@ -96,7 +96,8 @@ def launched(commands: list[list[str]], workdir: Path, env: dict[str, str]) -> I
         yield processes
     finally:
         for process in processes:
-            stop_process(process)
+            # A node's clean shutdown (rclpy, PortAudio's ALSA probe) can take seconds on a busy machine.
+            stop_process(process, timeout=90.0)
     # Reached only when the test body passed: a clean exit on SIGINT is part of the contract.
     for i, process in enumerate(processes):
         assert process.returncode == 0, (workdir / f'node{i}.log').read_text()
