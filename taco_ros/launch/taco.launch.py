@@ -2,91 +2,134 @@
 
     ros2 launch taco_ros taco.launch.py camera_topic:=/camera/color/image_raw audio_topic:=/audio
     ros2 launch taco_ros taco.launch.py use_mic:=true mic_device:=ReSpeaker rviz:=true
-    ros2 launch taco_ros taco.launch.py image_transport:=compressed device:=cuda:0
+    ros2 launch taco_ros taco.launch.py namespace:=robot1 params_file:=my.yaml autostart:=false
 
-taco_node reads config/taco.yaml (or params_file:=...), then the launch arguments below, which win
-over the file. It configures and activates itself (autostart); its outputs are
-<namespace>/taco_node/{mask, objects, audio_activation, debug_image, label_info} and /diagnostics.
+The parameter files are the source of truth: taco_node reads params_file (default config/taco.yaml),
+mic_node reads mic_params_file. A launch argument that maps to a parameter (device, image_qos,
+autostart, ...) defaults to "" and overrides the file only when it is set. Key your own files with
+``/**:`` so that they apply under any namespace and node name.
+
+Topic arguments are remapping targets: relative names (the defaults) resolve inside ``namespace``,
+absolute ones (``/camera/...``) reach outside it. Outputs are <namespace>/<node_name>/{mask, objects,
+audio_activation, debug_image, label_info}, plus /diagnostics.
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import PathJoinSubstitution
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
+FROM_FILE = 'default: the value in the parameter file.'
+
 # name, default, description
 ARGUMENTS = [
-    ('namespace', '', 'Namespace of every node started here.'),
+    ('namespace', '', 'Namespace of every node started here (two robots or cameras: one each).'),
+    ('node_name', 'taco_node', 'Name of the taco_node instance.'),
     ('params_file', PathJoinSubstitution([FindPackageShare('taco_ros'), 'config', 'taco.yaml']),
-     'taco_node parameter file.'),
-    ('camera_topic', '/camera/image_raw',
-     'Camera image topic (sensor_msgs/Image); with image_transport:=compressed, '
+     'taco_node parameter file (keys /**: or /<namespace>/<node_name>:).'),
+    ('camera_topic', 'camera/image_raw',
+     'Camera image topic (sensor_msgs/Image); with image_transport compressed, '
      '<camera_topic>/compressed is used.'),
-    ('audio_topic', '/audio', 'Audio topic (taco_msgs/AudioChunk or another supported type).'),
-    ('image_transport', 'raw', 'raw or compressed.'),
-    ('image_qos', 'sensor_data', 'Camera subscription QoS: sensor_data, reliable, best_effort, '
-     'system_default.'),
-    ('audio_qos', 'sensor_data', 'Audio subscription QoS (same choices).'),
-    ('device', 'auto', 'Torch device: auto, cpu, cuda or cuda:N.'),
-    ('model_config', 'taco_convnext_large', 'Model configuration name or JSON path.'),
-    ('model_dir', '', 'Directory searched first for model files ("" = TACO_MODEL_DIR, '
-     '~/.cache/taco_ros/models).'),
-    ('allow_random_weights', 'false',
-     'Run with random weights when model files are missing (tests only: meaningless masks).'),
-    ('use_sim_time', 'false', 'Use /clock (e.g. taco-ros bag play --clock).'),
+    ('audio_topic', 'audio', 'Audio topic (taco_msgs/AudioChunk or another supported type); '
+     'mic_node publishes here.'),
+    ('audio_info_topic', 'audio_info',
+     'audio_common_msgs/AudioInfo topic (only for ros-drivers AudioData streams).'),
+    ('image_transport', '', f'raw or compressed; {FROM_FILE}'),
+    ('image_qos', '', f'Camera subscription QoS: sensor_data, reliable, best_effort, '
+     f'system_default; {FROM_FILE}'),
+    ('audio_qos', '', f'Audio subscription QoS (same choices); {FROM_FILE}'),
+    ('device', '', f'Torch device: auto, cpu, cuda or cuda:N; {FROM_FILE}'),
+    ('model_config', '', f'Model configuration name or JSON path; {FROM_FILE}'),
+    ('model_dir', '', f'Directory searched first for model files; {FROM_FILE}'),
+    ('allow_random_weights', '',
+     f'true: run with random weights when model files are missing (tests only); {FROM_FILE}'),
+    ('autostart', '', 'true: taco_node configures and activates itself; false: it waits in '
+     f'unconfigured for a lifecycle manager; {FROM_FILE}'),
+    ('use_sim_time', '', 'true: taco_node and RViz run on /clock (bag replay with --clock); '
+     f'mic_node keeps stamping with the system clock; {FROM_FILE}'),
+    ('log_level', 'info', 'Log level of the nodes started here: debug, info, warn, error, fatal.'),
     ('use_mic', 'false', 'Also start mic_node publishing on audio_topic.'),
-    ('mic_device', '', 'mic_node input device: "" default, an index, or part of its name.'),
+    ('mic_device', '', f'mic_node input device: an index or part of its name; {FROM_FILE}'),
     ('mic_params_file', PathJoinSubstitution([FindPackageShare('taco_ros'), 'config', 'mic.yaml']),
      'mic_node parameter file.'),
-    ('rviz', 'false', 'Start rviz2 with config/taco.rviz (debug overlay and mask).'),
+    ('rviz', 'false', 'Start rviz2 with config/taco.rviz (debug overlay and mask of this instance).'),
 ]
+
+# launch argument -> (parameter, type) of the node it overrides when set
+TACO_OVERRIDES = {
+    'image_transport': ('image_transport', str),
+    'image_qos': ('image_qos', str),
+    'audio_qos': ('audio_qos', str),
+    'device': ('device', str),
+    'model_config': ('model_config', str),
+    'model_dir': ('model_dir', str),
+    'allow_random_weights': ('allow_random_weights', bool),
+    'autostart': ('autostart', bool),
+    'use_sim_time': ('use_sim_time', bool),
+}
+MIC_OVERRIDES = {'mic_device': ('device', str)}
+RVIZ_OVERRIDES = {'use_sim_time': ('use_sim_time', bool)}
+# Topics of taco.rviz, relative to the launch namespace.
+RVIZ_TOPICS = ('debug_image', 'mask')
+
+
+def switch(arguments: dict, name: str) -> bool:
+    """A true/false launch argument (launch's IfCondition spelling: true, false, 1, 0)."""
+    text = arguments[name].strip().lower()
+    if text not in ('true', 'false', '1', '0'):
+        raise ValueError(f'launch argument {name} must be true or false, got {arguments[name]!r}')
+    return text in ('true', '1')
+
+
+def overrides(arguments: dict, table: dict) -> dict:
+    """{parameter: value} of the launch arguments in ``table`` that the user set."""
+    chosen = {}
+    for argument, (parameter, kind) in table.items():
+        text = arguments[argument]
+        if text == '':
+            continue
+        if kind is bool:
+            chosen[parameter] = switch(arguments, argument)
+        else:
+            chosen[parameter] = ParameterValue(text, value_type=str)
+    return chosen
+
+
+def launch_setup(context) -> list:
+    arguments = context.launch_configurations
+    namespace, name = arguments['namespace'], arguments['node_name']
+    log_level = ['--log-level', arguments['log_level']]
+    camera = arguments['camera_topic']
+    actions = [LifecycleNode(
+        package='taco_ros', executable='taco_node', name=name, namespace=namespace,
+        output='screen', emulate_tty=True, ros_arguments=log_level,
+        parameters=[arguments['params_file'], overrides(arguments, TACO_OVERRIDES)],
+        remappings=[('image', camera), ('image/compressed', camera + '/compressed'),
+                    ('audio', arguments['audio_topic']),
+                    ('audio_info', arguments['audio_info_topic'])],
+    )]
+    if switch(arguments, 'use_mic'):
+        # No use_sim_time here: a live microphone is stamped on the system clock whatever /clock says.
+        actions.append(Node(
+            package='taco_ros', executable='mic_node', name='mic_node', namespace=namespace,
+            output='screen', ros_arguments=log_level,
+            parameters=[arguments['mic_params_file'], overrides(arguments, MIC_OVERRIDES)],
+            remappings=[('audio', arguments['audio_topic'])],
+        ))
+    if switch(arguments, 'rviz'):
+        actions.append(Node(
+            package='rviz2', executable='rviz2', name='rviz2', namespace=namespace,
+            arguments=['-d', PathJoinSubstitution([FindPackageShare('taco_ros'), 'config',
+                                                   'taco.rviz'])],
+            parameters=[overrides(arguments, RVIZ_OVERRIDES)],
+            remappings=[(f'taco_node/{topic}', f'{name}/{topic}') for topic in RVIZ_TOPICS],
+        ))
+    return actions
 
 
 def generate_launch_description() -> LaunchDescription:
-    arg = LaunchConfiguration
-    use_sim_time = ParameterValue(arg('use_sim_time'), value_type=bool)
-
-    taco_node = LifecycleNode(
-        package='taco_ros', executable='taco_node', name='taco_node', namespace=arg('namespace'),
-        output='screen', emulate_tty=True,
-        parameters=[arg('params_file'), {
-            'image_transport': ParameterValue(arg('image_transport'), value_type=str),
-            'image_qos': ParameterValue(arg('image_qos'), value_type=str),
-            'audio_qos': ParameterValue(arg('audio_qos'), value_type=str),
-            'device': ParameterValue(arg('device'), value_type=str),
-            'model_config': ParameterValue(arg('model_config'), value_type=str),
-            'model_dir': ParameterValue(arg('model_dir'), value_type=str),
-            'allow_random_weights': ParameterValue(arg('allow_random_weights'), value_type=bool),
-            'autostart': True,
-            'use_sim_time': use_sim_time,
-        }],
-        remappings=[
-            ('image', arg('camera_topic')),
-            ('image/compressed', [arg('camera_topic'), '/compressed']),
-            ('audio', arg('audio_topic')),
-        ],
-    )
-
-    mic_node = Node(
-        package='taco_ros', executable='mic_node', name='mic_node', namespace=arg('namespace'),
-        output='screen', condition=IfCondition(arg('use_mic')),
-        parameters=[arg('mic_params_file'), {
-            'device': ParameterValue(arg('mic_device'), value_type=str),
-            'use_sim_time': use_sim_time,
-        }],
-        remappings=[('audio', arg('audio_topic'))],
-    )
-
-    rviz = Node(
-        package='rviz2', executable='rviz2', name='rviz2', namespace=arg('namespace'),
-        arguments=['-d', PathJoinSubstitution([FindPackageShare('taco_ros'), 'config', 'taco.rviz'])],
-        parameters=[{'use_sim_time': use_sim_time}],
-        condition=IfCondition(arg('rviz')),
-    )
-
     declared = [DeclareLaunchArgument(name, default_value=default, description=description)
                 for name, default, description in ARGUMENTS]
-    return LaunchDescription([*declared, taco_node, mic_node, rviz])
+    return LaunchDescription([*declared, OpaqueFunction(function=launch_setup)])

@@ -16,13 +16,32 @@ from typing import Any
 
 import numpy as np
 
+# Where things are, and the launch-file helpers (importable from here as before).
+from launch_fixtures import (
+    INSTALL as INSTALL,
+)
+from launch_fixtures import (
+    LAUNCH_FILE as LAUNCH_FILE,
+)
+from launch_fixtures import (
+    LIB_DIR as LIB_DIR,
+)
+from launch_fixtures import (
+    REPO as REPO,
+)
+from launch_fixtures import (
+    SHARE_DIR as SHARE_DIR,
+)
+from launch_fixtures import (
+    LaunchResolver as LaunchResolver,
+)
+from launch_fixtures import (
+    load_launch_description as load_launch_description,
+)
+
 # The tests stop node processes the way the demo does (SIGINT, then SIGKILL).
 from taco_ros.demo.live import stop_process as stop_process
 
-REPO = Path(__file__).resolve().parents[2]
-INSTALL = REPO / 'install'
-LIB_DIR = INSTALL / 'taco_ros' / 'lib' / 'taco_ros'
-SHARE_DIR = INSTALL / 'taco_ros' / 'share' / 'taco_ros'
 F_SETPIPE_SZ = getattr(fcntl, 'F_SETPIPE_SZ', 1031)   # Linux
 
 
@@ -63,8 +82,6 @@ def spin_until(executor: Any, done: Callable[[], bool], timeout: float) -> bool:
     while not done() and time.monotonic() < deadline:
         executor.spin_once(timeout_sec=0.05)
     return done()
-
-
 
 
 def speech_samples(text: str, sample_rate: int, workdir: Path) -> np.ndarray:
@@ -207,159 +224,3 @@ class FileBackedMic:
 def tool_missing(*names: str) -> str | None:
     missing = [n for n in names if shutil.which(n) is None]
     return f'needs {", ".join(missing)}' if missing else None
-
-
-# ------------------------------------------------------------------------------ launch file
-LAUNCH_FILE = REPO / 'taco_ros' / 'launch' / 'taco.launch.py'
-
-# What the launch file may use, module by module. launch/launch_ros are not installable here
-# (platform.md), so the file is executed against recording stand-ins of exactly these names.
-LAUNCH_API = {
-    'launch': ['LaunchDescription'],
-    'launch.actions': ['DeclareLaunchArgument'],
-    'launch.conditions': ['IfCondition', 'UnlessCondition'],
-    'launch.substitutions': ['LaunchConfiguration', 'PathJoinSubstitution', 'TextSubstitution'],
-    'launch_ros.actions': ['Node', 'LifecycleNode'],
-    'launch_ros.parameter_descriptions': ['ParameterValue'],
-    'launch_ros.substitutions': ['FindPackageShare'],
-}
-
-
-class Recorded:
-    """A stand-in launch entity: remembers its constructor arguments."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args, self.kwargs = args, kwargs
-
-    def __repr__(self) -> str:
-        return f'{type(self).__name__}{self.args}{self.kwargs}'
-
-
-def _stand_in_module(name: str, members: list[str]) -> Any:
-    import types
-    module = types.ModuleType(name)
-    for member in members:
-        setattr(module, member, type(member, (Recorded,), {}))
-    return module
-
-
-def load_launch_description(path: Path = LAUNCH_FILE) -> Any:
-    """Run ``generate_launch_description()`` of a launch file against the stand-ins.
-
-    A name outside LAUNCH_API fails the import, which keeps the file to the declarative subset.
-    """
-    import importlib.util
-    import sys
-
-    saved = {name: sys.modules.get(name) for name in LAUNCH_API}
-    try:
-        for name, members in LAUNCH_API.items():
-            sys.modules[name] = _stand_in_module(name, members)
-        spec = importlib.util.spec_from_file_location('taco_launch_under_test', path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.generate_launch_description()
-    finally:
-        for name, previous in saved.items():
-            if previous is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = previous
-
-
-class LaunchResolver:
-    """Evaluates stand-in substitutions the way ``ros2 launch`` would, for given argument values."""
-
-    def __init__(self, description: Any, overrides: dict[str, str] | None = None,
-                 share_dirs: dict[str, Path] | None = None) -> None:
-        self.entities = list(description.args[0])
-        self.declared = {e.args[0]: e.kwargs.get('default_value') for e in self.entities
-                         if type(e).__name__ == 'DeclareLaunchArgument'}
-        self.overrides = overrides or {}
-        self.share_dirs = share_dirs or {'taco_ros': SHARE_DIR}
-        self.used: set[str] = set()
-
-    def nodes(self) -> list[Any]:
-        return [e for e in self.entities if type(e).__name__ in ('Node', 'LifecycleNode')]
-
-    def value(self, item: Any) -> Any:
-        kind = type(item).__name__
-        if isinstance(item, str):
-            return item
-        if isinstance(item, (list, tuple)):
-            return ''.join(str(self.value(part)) for part in item)
-        if kind == 'LaunchConfiguration':
-            name = item.args[0]
-            self.used.add(name)
-            if name in self.overrides:
-                return self.overrides[name]
-            if name not in self.declared:
-                raise KeyError(f'launch argument {name!r} is used but not declared')
-            return self.value(self.declared[name])
-        if kind == 'TextSubstitution':
-            return item.kwargs.get('text', item.args[0] if item.args else '')
-        if kind == 'PathJoinSubstitution':
-            return os.path.join(*[str(self.value(part)) for part in item.args[0]])
-        if kind == 'FindPackageShare':
-            package = item.args[0]
-            if package not in self.share_dirs:
-                raise KeyError(f'share directory of {package!r} unknown here')
-            return str(self.share_dirs[package])
-        if kind == 'ParameterValue':
-            return self.typed(self.value(item.args[0]), item.kwargs.get('value_type'))
-        if kind in ('IfCondition', 'UnlessCondition'):
-            truth = str(self.value(item.args[0])).strip().lower() in ('true', '1')
-            return truth if kind == 'IfCondition' else not truth
-        if isinstance(item, (bool, int, float)):
-            return item
-        raise TypeError(f'cannot evaluate {item!r}')
-
-    @staticmethod
-    def typed(text: Any, value_type: Any) -> Any:
-        """launch_ros' conversion: YAML rules unless a value_type is given."""
-        import yaml
-        if value_type is str:
-            return str(text)
-        if value_type is bool:
-            parsed = yaml.safe_load(str(text))
-            if not isinstance(parsed, bool):
-                raise ValueError(f'{text!r} is not a bool')
-            return parsed
-        return yaml.safe_load(str(text)) if isinstance(text, str) else text
-
-    def enabled(self, node: Any) -> bool:
-        condition = node.kwargs.get('condition')
-        return True if condition is None else bool(self.value(condition))
-
-    def parameters(self, node: Any) -> tuple[list[str], dict[str, Any]]:
-        """(parameter files, {name: value}) of a node; later entries win, as in launch_ros."""
-        files, values = [], {}
-        for entry in node.kwargs.get('parameters', []):
-            if isinstance(entry, dict):
-                for key, raw in entry.items():
-                    value = self.value(raw)
-                    plain = type(raw).__name__ == 'LaunchConfiguration'
-                    values[key] = self.typed(value, None) if plain else value
-            else:
-                files.append(str(self.value(entry)))
-        return files, values
-
-    def remappings(self, node: Any) -> dict[str, str]:
-        return {str(self.value(a)): str(self.value(b)) for a, b in node.kwargs.get('remappings', [])}
-
-    def command(self, node: Any, lib_dir: Path = LIB_DIR) -> list[str]:
-        """The command line ``ros2 launch`` runs for a node (parameters passed as -p here)."""
-        files, values = self.parameters(node)
-        name = self.value(node.kwargs['name'])
-        namespace = str(self.value(node.kwargs.get('namespace', '')))
-        args = [str(lib_dir / node.kwargs['executable']), '--ros-args', '-r', f'__node:={name}']
-        if namespace:
-            args += ['-r', f'__ns:=/{namespace.strip("/")}']
-        for file in files:
-            args += ['--params-file', file]
-        for key, value in values.items():
-            text = ('true' if value else 'false') if isinstance(value, bool) else str(value)
-            args += ['-p', f'{key}:={text}' if text != '' else f'{key}:=""']
-        for source, target in self.remappings(node).items():
-            args += ['-r', f'{source}:={target}']
-        return args

@@ -213,14 +213,17 @@ class Recorder:
 
 
 class NodeHarness:
-    """A TacoNode and a peer node spinning in one MultiThreadedExecutor on a background thread.
+    """A TacoNode and a peer node, each spun by a MultiThreadedExecutor on a background thread.
 
     The peer records the node's outputs (mask, objects, audio_activation, debug_image,
-    label_info, /diagnostics) and publishes camera/microphone messages.
+    label_info, /diagnostics) and publishes camera/microphone messages. It has a context (a DDS
+    participant) of its own, as a camera or microphone driver would: FastDDS 2 (ROS 2 Jazzy) refuses a
+    second message type on one topic name within a participant, and the tests change audio types.
     """
 
     def __init__(self, context: Any, overrides: dict[str, Any], autostart: bool = True,
                  name: str = 'taco_node', debug_subscriber: bool = False) -> None:
+        import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import MultiThreadedExecutor
         from rclpy.node import Node
@@ -236,7 +239,9 @@ class NodeHarness:
         self.node = TacoNode(
             name, context=context,
             parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
-        self.peer = Node(f'{name}_test_peer', context=context)
+        self.peer_context = rclpy.Context()
+        rclpy.init(context=self.peer_context)
+        self.peer = Node(f'{name}_test_peer', context=self.peer_context)
         self.recorder = Recorder()
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -253,18 +258,22 @@ class NodeHarness:
                       for key, t, topic, qos in topics]
         self.executor = MultiThreadedExecutor(num_threads=4, context=context)
         self.executor.add_node(self.node)
-        self.executor.add_node(self.peer)
+        self.peer_executor = MultiThreadedExecutor(num_threads=2, context=self.peer_context)
+        self.peer_executor.add_node(self.peer)
+        self._peer_thread = threading.Thread(target=self._spin, args=(self.peer_executor,), daemon=True)
+        self._peer_thread.start()
         self.started = self.node.start() if autostart else None
-        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread = threading.Thread(target=self._spin, args=(self.executor,), daemon=True)
         self._thread.start()
 
-    def _spin(self) -> None:
+    @staticmethod
+    def _spin(executor: Any) -> None:
         from rclpy.executors import ExternalShutdownException
 
         from taco_ros.taco_node import spin
 
         try:
-            spin(self.executor)     # survives entities destroyed by the test thread meanwhile
+            spin(executor)     # survives entities destroyed by the test thread meanwhile
         except ExternalShutdownException:
             pass
 
@@ -302,9 +311,12 @@ class NodeHarness:
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=5.0)
         self._thread.join(timeout=10.0)
+        self.peer_executor.shutdown(timeout_sec=5.0)
+        self._peer_thread.join(timeout=10.0)
         self.node.release()
         self.node.destroy_node()
         self.peer.destroy_node()
+        self.peer_context.try_shutdown()
 
 
 class StreamPublisher:

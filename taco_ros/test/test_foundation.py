@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from launch_fixtures import INSTALL, REPO
 
-REPO = Path(__file__).resolve().parents[2]
-INSTALL = REPO / 'install'
 PACKAGE_SRC = REPO / 'taco_ros' / 'taco_ros'
 
 # Importable Python modules that are ROS packages (their rosdep key is the same name).
@@ -31,8 +30,9 @@ def _domain_id() -> str:
 
 
 def test_colcon_lists_both_packages() -> None:
+    # The colcon of the Python running the tests (the .venv here, the system's on a robot).
     out = subprocess.run(
-        [str(REPO / '.venv' / 'bin' / 'colcon'), 'list', '--names-only'],
+        [sys.executable, '-m', 'colcon', 'list', '--names-only', '--base-paths', str(REPO)],
         cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     assert sorted(out) == ['taco_msgs', 'taco_ros']
 

@@ -55,7 +55,8 @@ def test_displays_show_the_overlay_and_the_mask_published_by_taco_node(rviz: dic
     published = _published_under_launch_defaults()
     shown = {}
     for display in _displays(rviz):
-        topic = display['Topic']['Value']
+        # Relative in the file (they follow the launch namespace); rviz2 runs in '/' by default.
+        topic = '/' + display['Topic']['Value'].lstrip('/')
         assert topic in published, f'{display["Name"]} shows {topic}, which taco_node does not publish'
         spec = published[topic]
         assert display['Class'] == 'rviz_default_plugins/Image'

@@ -403,10 +403,14 @@ def _extra_safe_globals() -> list[Any]:
     (an argparse.Namespace of hyper-parameters, numpy scalars and arrays of plain dtypes): plain data,
     no code. numpy 1 pickles name the same functions under ``numpy.core``."""
     import argparse
+    import importlib
 
     import numpy as np
-    core = np._core if hasattr(np, '_core') else np.core
-    multiarray = core.multiarray
+    # numpy 2 moved numpy.core to numpy._core; numpy 1.26 has a numpy._core stub without multiarray.
+    try:
+        multiarray = importlib.import_module('numpy._core.multiarray')
+    except ImportError:
+        multiarray = importlib.import_module('numpy.core.multiarray')
     safe: list[Any] = [argparse.Namespace, np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct,
                        (multiarray.scalar, 'numpy.core.multiarray.scalar'),
                        (multiarray._reconstruct, 'numpy.core.multiarray._reconstruct')]
