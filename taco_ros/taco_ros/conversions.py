@@ -41,7 +41,8 @@ class InputTooLargeError(SizeLimitError):
 
 
 # Encodings numpy_to_image writes → channels (camera_encodings.SUPPORTED_ENCODINGS are read).
-IMAGE_ENCODINGS: dict[str, int] = {'rgb8': 3, 'bgr8': 3, 'rgba8': 4, 'bgra8': 4, 'mono8': 1}
+IMAGE_ENCODINGS: dict[str, int] = {'rgb8': 3, 'bgr8': 3, 'rgba8': 4, 'bgra8': 4, 'mono8': 1,
+                                   'mono16': 1}
 COMPRESSED_FORMATS = ('jpeg', 'jpg', 'png')
 
 # Audio message kinds accepted by the node's `audio_msg_type` parameter.
@@ -202,18 +203,20 @@ def _compressed_codec(fmt: str) -> str:
 
 
 def numpy_to_image(array: np.ndarray, header: Any, encoding: str) -> Any:
-    """uint8 array → ``sensor_msgs/Image`` with a tight ``step`` (no padding).
+    """uint8 (uint16 for mono16) array → ``sensor_msgs/Image`` with a tight ``step`` (no padding).
 
     ``encoding`` must match the array: 'mono8' for [H, W], 'rgb8'/'bgr8' for [H, W, 3],
-    'rgba8'/'bgra8' for [H, W, 4].
+    'rgba8'/'bgra8' for [H, W, 4], 'mono16' for uint16 [H, W] (written little-endian,
+    ``is_bigendian`` 0).
     """
     from sensor_msgs.msg import Image
 
     if encoding not in IMAGE_ENCODINGS:
         raise ValueError(f'unsupported image encoding {encoding!r}')
     array = np.ascontiguousarray(array)
-    if array.dtype != np.uint8:
-        raise ValueError(f'image array must be uint8, got {array.dtype}')
+    dtype = np.dtype(np.uint16 if encoding == 'mono16' else np.uint8)
+    if array.dtype != dtype:
+        raise ValueError(f'{encoding} image array must be {dtype}, got {array.dtype}')
     channels = IMAGE_ENCODINGS[encoding]
     shape_ok = (array.ndim == 2 and channels == 1) or (
         array.ndim == 3 and array.shape[2] == channels)
@@ -224,8 +227,8 @@ def numpy_to_image(array: np.ndarray, header: Any, encoding: str) -> Any:
     msg.height, msg.width = int(array.shape[0]), int(array.shape[1])
     msg.encoding = encoding
     msg.is_bigendian = 0
-    msg.step = int(array.shape[1] * channels)
-    msg.data = array.tobytes()
+    msg.step = int(array.shape[1] * channels * dtype.itemsize)
+    msg.data = array.astype(dtype.newbyteorder('<'), copy=False).tobytes()
     return msg
 
 

@@ -19,10 +19,12 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
 # Input problems (counted by NodeStats.problem) that turn the inputs status to WARN.
 INPUT_PROBLEMS = ('bad_images', 'zero_stamp_images', 'oversized_images', 'bad_audio',
-                  'empty_audio', 'oversized_audio')
+                  'empty_audio', 'oversized_audio', 'refused_audio')
 # Counters shown in the inputs status, in this order.
-INPUT_COUNTERS = (*INPUT_PROBLEMS, 'unstamped_audio', 'audio_gaps', 'audio_gap_ms',
-                  'late_audio_chunks', 'dropped_audio_samples', 'stray_audio_samples')
+INPUT_COUNTERS = (*INPUT_PROBLEMS, 'refused_audio_chunks', 'held_audio_dropped',
+                  'audio_format_changes', 'unstamped_audio', 'audio_gaps', 'audio_gap_ms',
+                  'late_audio_chunks', 'dropped_audio_samples', 'stray_audio_samples',
+                  'unpaired_camera_info')
 # Window drop causes (WindowPolicy.drops) in the order they are reported.
 DROP_CAUSES = ('busy', 'no_frame', 'frame_evicted', 'expired', 'restart', 'unusable_frame')
 
@@ -132,6 +134,8 @@ class NodeView:
     device: str = ''
     random_weights: bool = False
     gpu_memory: dict[str, str] = field(default_factory=dict)
+    raw_audio: str = ''         # ros-drivers audio: the format in use or 'waiting for audio_info'
+    optional_off: str = ''      # optional outputs this environment cannot publish, and why
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -152,6 +156,7 @@ def inputs_status(node: NodeView, stats: NodeStats, policy: PolicyState, delta: 
         'audio seconds per second': f'{stats.audio_seconds.rate(now):.2f}',
         'audio sample rate': str(policy.sample_rate or 0),
         'audio message type': str(node.audio_kind or node.parameters['audio_msg_type']),
+        'audio format': node.raw_audio,
         'audio buffer fill': f'{policy.fill:.2f}',
         'frames held': str(policy.frames_held),
     }
@@ -172,6 +177,8 @@ def inputs_status(node: NodeView, stats: NodeStats, policy: PolicyState, delta: 
         if silent:
             level = DiagnosticStatus.WARN
             message = f'no {" and no ".join(silent)} input for {timeout:g} s'
+        if node.raw_audio.startswith('waiting for audio_info'):
+            level, message = DiagnosticStatus.WARN, node.raw_audio
     problems = sum(delta.get(k, 0) for k in INPUT_PROBLEMS)
     if problems:
         level = DiagnosticStatus.WARN
@@ -199,6 +206,8 @@ def inference_status(node: NodeView, stats: NodeStats, policy: PolicyState, delt
         'windows processed': str(counts.get('windows', 0)),
         'window rate (Hz)': f'{stats.window_rate.rate(now):.2f}',
         'silent windows': str(counts.get('silent_windows', 0)),
+        'optional outputs off': node.optional_off,
+        'skipped detections': f'{counts.get("skipped_detections", 0):g}',
     }
     for cause in DROP_CAUSES:
         values[f'dropped windows ({cause.replace("_", " ")})'] = str(policy.drops.get(cause, 0))

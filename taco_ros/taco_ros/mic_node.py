@@ -1,6 +1,7 @@
-"""mic_node: publishes a microphone as ``taco_msgs/AudioChunk`` blocks from a sounddevice (PortAudio) stream.
+"""mic_node: publishes a microphone from a sounddevice (PortAudio) stream as ``taco_msgs/AudioChunk``
+blocks, or in either audio_common flavour (``msg_type``).
 
-Design (ros.md §2 and §4):
+Design (docs/ros_interface.md, "mic_node"):
 - The PortAudio callback only copies the block (PortAudio reuses its buffer) and notes when it ran; a
   publisher thread stamps and publishes, so no ROS call ever blocks the audio thread.
 - ``header.stamp`` is the capture time of the block's FIRST sample. Stamps run on the device's sample clock
@@ -11,12 +12,17 @@ Design (ros.md §2 and §4):
   process stays up so a microphone plugged in later is picked up.
 - Parameters are declared from ``taco_ros.params.MIC_PARAMETERS`` (the table config/mic.yaml and the README
   are generated from). A refused value (wrong type, out of range, not a choice) is reported and replaced by
-  its default; the node keeps running and says so on ``/diagnostics``.
+  its default; the node keeps running and says so on ``/diagnostics``. So is a ``msg_type`` whose
+  audio_common_msgs flavour is not installed: the node publishes taco_msgs/AudioChunk instead.
+- The publisher is reliable by default: REP-2003 asks drivers for system-default (reliable) QoS and
+  consumers for sensor-data QoS, which connects to it. ``audio_data_stamped`` also publishes a latched
+  (transient local) AudioInfo that describes the bytes, so a subscriber that joins late can read them.
 """
 
 from __future__ import annotations
 
 import array
+import importlib
 import queue
 import threading
 import time
@@ -29,9 +35,11 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from taco_msgs.msg import AudioChunk
-from taco_ros import params
+from taco_ros import interop, params
+from taco_ros.param_declaration import declare_all
 
 # sample_format parameter (also the sounddevice dtype) → (AudioChunk constant, filled field, array typecode)
 SAMPLE_FORMATS: dict[str, tuple[int, str, str]] = {
@@ -150,7 +158,7 @@ class MicNode(Node):
 
     def __init__(self, **kwargs: Any):
         super().__init__(params.MIC_NODE_NAME, **kwargs)
-        self.parameter_problems = params.declare_all(self, params.MIC_NODE_NAME)
+        self.parameter_problems = declare_all(self, params.MIC_NODE_NAME)
         p = self._read_parameters()
         self.device_spec: str = p['device']
         self.sample_rate: int = p['sample_rate']
@@ -159,13 +167,15 @@ class MicNode(Node):
         self.sample_format: str = p['sample_format']
         self.frame_id: str = p['frame_id']
         self._format_code, self._field, self._typecode = SAMPLE_FORMATS[self.sample_format]
+        self.msg_type: str = self._available_msg_type(p['msg_type'])
         self._retry_initial_s: float = p['retry_initial_s']
         self._retry_max_s: float = p['retry_max_s']
         self._device_timeout_s: float = p['device_timeout_s']
         self._clock_tolerance_s: float = p['clock_tolerance_s']
 
         self._publisher = self.create_publisher(
-            AudioChunk, p['topic'], params.qos_profile(p['qos'], p['qos_depth']))
+            self._message_class(), p['topic'], params.qos_profile(p['qos'], p['qos_depth']))
+        self._info_publisher = self._publish_audio_info(p['info_topic'])
         self._diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
 
         # Between the PortAudio thread and the publisher thread: about two seconds of blocks.
@@ -215,6 +225,37 @@ class MicNode(Node):
         for problem in self.parameter_problems:
             self.get_logger().error(f'parameter refused: {problem}')
         return p
+
+    def _available_msg_type(self, wanted: str) -> str:
+        """``wanted``, or 'taco' (reported) when its audio_common flavour is not importable."""
+        if wanted == 'taco':
+            return wanted
+        output = interop.optional_outputs()[wanted]
+        if output.available:
+            return wanted
+        problem = f'msg_type {wanted} cannot be published: {output.reason}; publishing taco_msgs/AudioChunk'
+        self.parameter_problems.append(problem)
+        self.get_logger().error(f'parameter refused: {problem}')
+        return 'taco'
+
+    def _message_class(self) -> type:
+        if self.msg_type == 'taco':
+            return AudioChunk
+        # importable: _available_msg_type checked it
+        audio_common = importlib.import_module('audio_common_msgs.msg')
+        return (audio_common.AudioStamped if self.msg_type == interop.OUTPUT_MGONZS13_AUDIO
+                else audio_common.AudioDataStamped)
+
+    def _publish_audio_info(self, topic: str) -> Any:
+        """ros-drivers streams only: the latched AudioInfo describing the published bytes."""
+        if self.msg_type != interop.OUTPUT_ROS_DRIVERS_AUDIO:
+            return None
+        info = interop.ros_drivers_audio_info(self.sample_rate, self.channels, self.sample_format)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        publisher = self.create_publisher(type(info), topic, latched)
+        publisher.publish(info)
+        return publisher
 
     # -- PortAudio side -----------------------------------------------------------------------------
     def _on_audio(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
@@ -337,13 +378,21 @@ class MicNode(Node):
             if not self.context.ok():
                 return      # shutting down (SIGINT): the executor is leaving too
             try:
-                self._publisher.publish(self.chunk_message(block.samples, stamp_ns))
+                self._publisher.publish(self.audio_message(block.samples, stamp_ns))
             except Exception as exc:  # an invalid context races with the check above on shutdown
                 if not self.context.ok():
                     return
                 self.get_logger().error(f'cannot publish audio: {exc}', throttle_duration_sec=5.0)
                 continue
             self._stats['published'] += 1
+
+    def audio_message(self, samples: np.ndarray, stamp_ns: int) -> Any:
+        """The message of ``msg_type`` holding ``samples`` [frames, channels] stamped at ``stamp_ns``."""
+        if self.msg_type == interop.OUTPUT_MGONZS13_AUDIO:
+            return interop.mgonzs13_audio_stamped(samples, self.sample_rate, stamp_ns, self.frame_id)
+        if self.msg_type == interop.OUTPUT_ROS_DRIVERS_AUDIO:
+            return interop.ros_drivers_audio_stamped(samples, stamp_ns, self.frame_id)
+        return self.chunk_message(samples, stamp_ns)
 
     def chunk_message(self, samples: np.ndarray, stamp_ns: int) -> AudioChunk:
         """AudioChunk holding interleaved ``samples`` [frames, channels] stamped at ``stamp_ns``."""
@@ -383,6 +432,7 @@ class MicNode(Node):
             'device': self._device_name, 'device_parameter': self.device_spec,
             'sample_rate': self.sample_rate, 'channels': self.channels,
             'block_size': self.block_size, 'sample_format': self.sample_format,
+            'msg_type': self.msg_type,
             'blocks_published': stats['published'],
             'publish_rate_hz': f'{delta["published"] / period:.2f}',
             'input_overflows': stats['overflows'], 'dropped_blocks': stats['dropped'],

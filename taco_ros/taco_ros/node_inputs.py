@@ -1,24 +1,33 @@
-"""taco_node's inputs: the camera and microphone subscriptions and their callbacks.
+"""taco_node's inputs: the camera, camera_info and microphone subscriptions and their callbacks.
 
 Mixed into :class:`taco_ros.taco_node.TacoNode`. The callbacks only check and store: a camera frame
 is checked without copying its pixels (sizes bounded, header read) and stored as the message, to be
 decoded only if a window is paired with it; an audio chunk is decoded and placed in the window
-policy. Both hold the input lock for a few microseconds and never wait for inference, which runs
-on its own thread without that lock.
+policy; a CameraInfo is kept by stamp for the frame it will be paired with. They hold the input
+lock for a few microseconds and never wait for inference, which runs on its own thread without it.
+
+ros-drivers audio (``AudioData``, ``AudioDataStamped``) is raw bytes described by a separate
+``audio_info`` topic: a :class:`taco_ros.audio_formats.RawAudioGate` holds the chunks until the
+format is known (or decodes them with ``audio_sample_format`` when the user set one), so nothing
+is ever read with a guessed format.
 """
 
 from __future__ import annotations
 
+import bisect
 import importlib
 import threading
 import time
 from typing import Any
 
 from rclpy.callback_groups import CallbackGroup
-from sensor_msgs.msg import CompressedImage, Image
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from taco_ros import conversions as conv
 from taco_ros import params
+from taco_ros.audio_formats import GateUpdate, RawAudioFormat, RawAudioGate
 from taco_ros.core.windows import PushReport, SizeLimitError, WindowPolicy
 from taco_ros.diagnostics import NodeStats
 
@@ -26,6 +35,44 @@ from taco_ros.diagnostics import NodeStats
 # executor and network jitter from being mistaken for gaps.
 RECEIPT_STAMP_TOLERANCE = 0.25
 THROTTLE_SEC = 5.0
+RAW_AUDIO_KINDS = (conv.AUDIO_DATA, conv.AUDIO_DATA_STAMPED)
+# ros-drivers audio held while its format is unknown: audio_capture repeats its AudioInfo every
+# few seconds, so a late subscriber loses nothing that arrived within this before it.
+RAW_HOLD_SEC = 6.0
+RAW_HOLD_BYTES = 8 << 20       # 6 s of 48 kHz stereo S32LE is 2.3 MB
+MAX_CAMERA_INFOS = 256         # as many as frames held (taco_node.MAX_FRAMES); 0.5 kB each
+
+
+class CameraInfoStore:
+    """Recent CameraInfo messages by stamp (bounded), to pair one with a window's frame."""
+
+    def __init__(self, capacity: int = MAX_CAMERA_INFOS) -> None:
+        self.capacity = capacity
+        self._stamps: list[float] = []
+        self._infos: list[CameraInfo] = []
+
+    def __len__(self) -> int:
+        return len(self._stamps)
+
+    def add(self, stamp: float, info: CameraInfo) -> None:
+        index = bisect.bisect_right(self._stamps, stamp)
+        self._stamps.insert(index, stamp)
+        self._infos.insert(index, info)
+        if len(self._stamps) > self.capacity:   # the oldest go first
+            del self._stamps[0], self._infos[0]
+
+    def nearest(self, stamp: float, tolerance: float) -> CameraInfo | None:
+        """The CameraInfo stamped nearest ``stamp``, if within ``tolerance`` seconds."""
+        index = bisect.bisect_left(self._stamps, stamp)
+        best = min((i for i in (index - 1, index) if 0 <= i < len(self._stamps)),
+                   key=lambda i: abs(self._stamps[i] - stamp), default=None)
+        if best is None or abs(self._stamps[best] - stamp) > tolerance:
+            return None
+        return self._infos[best]
+
+    def clear(self) -> None:
+        self._stamps.clear()
+        self._infos.clear()
 
 
 class NodeInputs:
@@ -41,7 +88,8 @@ class NodeInputs:
     _activation_timers: list[Any]
     _audio_retry: Any
     _audio_kind: str | None
-    _raw_audio_info: conv.RawAudioInfo
+    _raw_gate: RawAudioGate
+    _camera_infos: CameraInfoStore
 
     # ------------------------------------------------------------------ subscriptions
     def _subscribe_image(self) -> None:
@@ -55,6 +103,12 @@ class NodeInputs:
         self.get_logger().info(
             f'image: {self.resolve_topic_name(topic)} ({msg_type.__name__}, QoS '
             f'{self._p["image_qos"]}: {qos.reliability.name.lower()}, depth {qos.depth})')
+
+    def _subscribe_camera_info(self) -> None:
+        qos = params.qos_profile(self._p['image_qos'], self._p['image_qos_depth'])
+        self._input_subs.append(self.create_subscription(
+            CameraInfo, params.TOPIC_CAMERA_INFO, self._on_camera_info, qos,
+            callback_group=self._input_group))
 
     def _subscribe_audio(self) -> None:
         """Subscribe to the audio topic now, or keep retrying from a timer: with 'auto' the type
@@ -108,16 +162,35 @@ class NodeInputs:
         subscription = self.create_subscription(
             msg_type, params.TOPIC_AUDIO, self._on_audio, qos, callback_group=self._input_group)
         self._input_subs.append(subscription)
-        if kind in (conv.AUDIO_DATA, conv.AUDIO_DATA_STAMPED):
-            module = conv.audio_message_class(conv.AUDIO_DATA).__module__
-            info_cls = importlib.import_module(module).AudioInfo
-            self._input_subs.append(self.create_subscription(
-                info_cls, params.TOPIC_AUDIO_INFO, self._on_audio_info,
-                params.qos_profile('best_effort', 1), callback_group=self._input_group))
+        if kind in RAW_AUDIO_KINDS:
+            self._raw_gate = RawAudioGate(self._explicit_raw_format(), RAW_HOLD_SEC, RAW_HOLD_BYTES)
+            self._subscribe_audio_info(importlib.import_module('audio_common_msgs.msg').AudioInfo)
         self._audio_kind = kind
         self.get_logger().info(
             f'audio: {self.resolve_topic_name(params.TOPIC_AUDIO)} ({kind}, QoS '
             f'{self._p["audio_qos"]}: {qos.reliability.name.lower()}, depth {qos.depth})')
+
+    def _explicit_raw_format(self) -> RawAudioFormat | None:
+        name = self._p['audio_sample_format'].strip().upper()
+        if not name:
+            return None
+        return RawAudioFormat(self._p['audio_sample_rate'], self._p['audio_channels'], name, 'wave')
+
+    def _subscribe_audio_info(self, info_cls: type) -> None:
+        """Two subscriptions, because no single QoS gets both kinds of publisher: a transient-local
+        one receives the AudioInfo a latched publisher sent before we joined (but cannot match a
+        volatile publisher), a best-effort volatile one matches every publisher from now on.
+        Repeats of the same format change nothing."""
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        # A volatile publisher is expected to be refused by the latched subscription: no warning.
+        quiet = SubscriptionEventCallbacks(incompatible_qos=lambda _event: None)
+        self._input_subs.append(self.create_subscription(
+            info_cls, params.TOPIC_AUDIO_INFO, self._on_audio_info, latched,
+            callback_group=self._input_group, event_callbacks=quiet))
+        self._input_subs.append(self.create_subscription(
+            info_cls, params.TOPIC_AUDIO_INFO, self._on_audio_info,
+            params.qos_profile('best_effort', 10), callback_group=self._input_group))
 
     # ------------------------------------------------------------------ callbacks
     def _now(self) -> float:
@@ -154,6 +227,13 @@ class NodeInputs:
             notices = self._policy.take_notices()
         self._report_notices(notices)
 
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        stamp = conv.stamp_to_sec(msg.header.stamp)
+        if stamp <= 0.0:     # like a frame with an unset stamp: paired by receipt time
+            stamp = self._now()
+        with self._input_lock:
+            self._camera_infos.add(stamp, msg)
+
     def _decode_audio(self, msg: Any) -> conv.AudioChunkData:
         kind = self._audio_kind
         if kind == conv.AUDIO_TACO:
@@ -161,19 +241,74 @@ class NodeInputs:
         if kind in (conv.AUDIO_INT16_MULTIARRAY, conv.AUDIO_FLOAT32_MULTIARRAY):
             return conv.decode_multiarray(msg, self._p['audio_sample_rate'],
                                           self._p['audio_channels'])
-        if kind == conv.AUDIO_COMMON_STAMPED:
-            return conv.decode_audio_common_stamped(msg)
-        return conv.decode_audio_data(msg, self._raw_audio_info)
+        return conv.decode_audio_common_stamped(msg)
 
     def _on_audio_info(self, msg: Any) -> None:
-        self._raw_audio_info = conv.RawAudioInfo.from_msg(msg)
+        fmt = RawAudioFormat.from_msg(msg)
+        known = self._raw_gate.announced
+        update = self._raw_gate.on_info(fmt)
+        if fmt != known and update.refusal is None:
+            self.get_logger().info(f'audio format from {params.TOPIC_AUDIO_INFO}: {fmt.describe()}'
+                                   + (f'; {len(update.ready)} held chunk(s) released'
+                                      if update.ready else ''))
+        self._take_raw_audio(update)
 
     def _on_audio(self, msg: Any) -> None:
         """Decode one chunk and place it in the window policy by its capture stamp."""
         received = self._now()
-        wall = time.monotonic()
+        self._stats.audio_rate.tick(time.monotonic())
+        if self._audio_kind in RAW_AUDIO_KINDS:
+            size = len(conv.audio_data_bytes(msg))
+            self._take_raw_audio(self._raw_gate.on_data(msg, size, received))
+            return
         try:
             chunk = self._decode_audio(msg)
+        except ValueError as exc:
+            self._refuse('audio', exc)
+            return
+        self._place_audio(chunk, received)
+
+    def _take_raw_audio(self, update: GateUpdate) -> None:
+        """Count what the raw-audio gate dropped or refused, decode what it released."""
+        if update.refusal is not None:
+            # One reason, said clearly and not for every chunk; every refused chunk is counted.
+            self._stats.problem('refused_audio', update.refusal)
+            self._stats.add('refused_audio_chunks', update.dropped)
+            self.get_logger().error(f'audio refused: {update.refusal}',
+                                    throttle_duration_sec=THROTTLE_SEC)
+        elif update.dropped:
+            self._stats.add('held_audio_dropped', update.dropped)
+            self.get_logger().warning(
+                f'dropped {update.dropped} audio chunk(s) held over {RAW_HOLD_SEC:g} s without '
+                f'an AudioInfo on {self.resolve_topic_name(params.TOPIC_AUDIO_INFO)}',
+                throttle_duration_sec=THROTTLE_SEC)
+        if update.reset is not None:
+            self._stats.add('audio_format_changes')
+            self._report_notices([update.reset])
+        for held, fmt in update.ready:
+            try:
+                chunk = conv.decode_audio_data(held.payload, fmt)
+            except ValueError as exc:
+                self._refuse('audio', exc)
+                continue
+            self._place_audio(chunk, held.received)
+
+    def raw_audio_state(self) -> str:
+        """The ros-drivers stream format in use, or why there is none ('' for other kinds)."""
+        if self._audio_kind not in RAW_AUDIO_KINDS:
+            return ''
+        gate = self._raw_gate
+        fmt = gate.format
+        if fmt is None:
+            return f'waiting for audio_info ({gate.held} chunk(s) held)'
+        problem = fmt.problem()
+        return f'refused: {problem}' if problem else fmt.describe()
+
+    def _place_audio(self, chunk: conv.AudioChunkData, received: float) -> None:
+        """Put a decoded chunk into the window policy; stamp it from ``received`` (receipt time,
+        node clock) minus its duration when it carries no capture stamp."""
+        wall = time.monotonic()
+        try:
             mono = conv.select_channel(chunk.samples, self._p['audio_channel'])
         except ValueError as exc:
             self._refuse('audio', exc)
@@ -188,7 +323,6 @@ class NodeInputs:
             self._stats.add('unstamped_audio')
             stamp = received - chunk.duration
             tolerance = max(RECEIPT_STAMP_TOLERANCE, self._p['stamp_tolerance'])
-        self._stats.audio_rate.tick(wall)
         self._stats.audio_seconds.tick(wall, chunk.duration)
         with self._input_lock:
             try:

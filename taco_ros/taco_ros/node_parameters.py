@@ -23,13 +23,14 @@ from taco_ros import params
 from taco_ros.core.contract import PipelineConfig
 from taco_ros.core.windows import WindowPolicy, WindowSettings
 from taco_ros.diagnostics import NodeStats
+from taco_ros.param_declaration import declare_all
 
 if TYPE_CHECKING:
     from taco_ros.core.pipeline import TacoPipeline
 
 # Parameters whose change goes to the pipeline (live).
 PIPELINE_PARAMETERS = ('mode', 'mask_threshold', 'min_component_area', 'top_k', 'audio_context',
-                       'silence_rms', 'solver_profile', 'solver_max_steps')
+                       'silence_rms', 'solver_profile', 'solver_max_steps', 'solver_threads')
 
 
 class NodeParameters:
@@ -43,7 +44,7 @@ class NodeParameters:
     _stats: NodeStats
 
     def _declare_parameters(self) -> None:
-        problems = params.declare_all(self)
+        problems = declare_all(self)
         self._startup_problems = {text.split(':', 1)[0]: text for text in problems}
         for text in problems:
             self.get_logger().error(text)
@@ -166,4 +167,4 @@ class NodeParameters:
             mask_threshold=p['mask_threshold'], min_component_area=p['min_component_area'],
             top_k=p['top_k'], audio_context=p['audio_context'], resize=p['resize'],
             allow_random_weights=p['allow_random_weights'], seed=p['seed'],
-            silence_rms=p['silence_rms'])
+            silence_rms=p['silence_rms'], solver_threads=p['solver_threads'])

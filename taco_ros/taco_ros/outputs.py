@@ -3,16 +3,22 @@
 Plain functions, so the node and an offline replay publish or write the very same messages. Every
 window output carries the header of the camera frame the window was paired with; the audio window's
 start and end travel in the messages' own fields.
+
+Class ids are vocabulary indices everywhere: ``~/label_info``, ``~/vision_label_info``, the
+``class_id`` of ``~/detections`` (as a decimal string), the class mask and
+``SoundingObject.class_id``. A label missing from the vocabulary (it changed while the window ran)
+gets :data:`UNLABELED`, vision_msgs' reserved uint16 id.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from taco_msgs.msg import (
@@ -25,6 +31,9 @@ from taco_msgs.msg import (
 from taco_ros.conversions import numpy_to_image, sec_to_stamp
 from taco_ros.core.contract import AudioWindow, SoundingObjectResult, TacoResult
 
+UNLABELED = 65535           # vision_msgs LabelInfo: the largest id of the id type
+MASK_INSTANCE, MASK_CLASS = 'instance', 'class'
+
 
 @dataclass
 class WindowMessages:
@@ -35,20 +44,46 @@ class WindowMessages:
     activation: AudioActivation
 
 
-def window_messages(result: TacoResult, header: Header, window: AudioWindow) -> WindowMessages:
-    """mask, objects and audio_activation of one window."""
-    return WindowMessages(mask=mask_message(result, header),
-                          objects=objects_message(result, header, window),
+def window_messages(result: TacoResult, header: Header, window: AudioWindow,
+                    vocabulary: Sequence[str] | None = None,
+                    mask_encoding: str = MASK_INSTANCE) -> WindowMessages:
+    """mask, objects and audio_activation of one window.
+
+    ``vocabulary``: the words the result was computed with (class ids); needed for the class
+    mask, optional otherwise (without it SoundingObject.class_id is UNLABELED).
+    """
+    ids = class_ids(result, vocabulary or [])
+    return WindowMessages(mask=mask_message(result, header, mask_encoding, ids),
+                          objects=objects_message(result, header, window, ids),
                           activation=activation_message(result, header, window))
 
 
-def mask_message(result: TacoResult, header: Header) -> Image:
-    """mono8 mask of the frame's size: 0 background, v = objects[v-1]."""
-    return numpy_to_image(result.mask, header, 'mono8')
+def class_ids(result: TacoResult, vocabulary: Sequence[str]) -> list[int]:
+    """The class id (vocabulary index) of each object's label; UNLABELED when it is missing."""
+    index = {str(word): i for i, word in enumerate(vocabulary)}
+    return [index.get(str(obj.label), UNLABELED) for obj in result.objects]
 
 
-def objects_message(result: TacoResult, header: Header,
-                    window: AudioWindow) -> SoundingObjectArray:
+def mask_message(result: TacoResult, header: Header, encoding: str = MASK_INSTANCE,
+                 ids: Sequence[int] | None = None) -> Image:
+    """The frame-sized mask: 'instance' = mono8, 0 background, v = objects[v-1]; 'class' =
+    mono16, each object's pixels hold its class id (``ids``), background UNLABELED."""
+    if encoding == MASK_INSTANCE:
+        return numpy_to_image(result.mask, header, 'mono8')
+    if encoding != MASK_CLASS:
+        raise ValueError(f'unknown mask encoding {encoding!r}')
+    if ids is None or len(ids) != len(result.objects):
+        raise ValueError('a class mask needs one class id per object')
+    # instance value v (objects[v-1]) -> class id; 0 and values without an object -> UNLABELED
+    lookup = np.full(256, UNLABELED, np.uint16)
+    for obj, class_id in zip(result.objects, ids, strict=True):
+        lookup[int(obj.mask_value)] = class_id
+    lookup[0] = UNLABELED
+    return numpy_to_image(lookup[np.asarray(result.mask, np.uint8)], header, 'mono16')
+
+
+def objects_message(result: TacoResult, header: Header, window: AudioWindow,
+                    ids: Sequence[int] | None = None) -> SoundingObjectArray:
     """The sounding objects of one window with the decision and solver facts."""
     start, end = _audio_span(window)
     msg = SoundingObjectArray(
@@ -56,11 +91,13 @@ def objects_message(result: TacoResult, header: Header,
         sounding=bool(result.sounding), confidence=float(result.confidence),
         solver_steps=int(result.steps), cold_start=bool(result.cold_start),
         mode=str(result.mode))
-    msg.objects = [object_message(obj) for obj in result.objects]
+    ids = list(ids) if ids is not None else [UNLABELED] * len(result.objects)
+    msg.objects = [object_message(obj, class_id)
+                   for obj, class_id in zip(result.objects, ids, strict=True)]
     return msg
 
 
-def object_message(obj: SoundingObjectResult) -> SoundingObject:
+def object_message(obj: SoundingObjectResult, class_id: int = UNLABELED) -> SoundingObject:
     msg = SoundingObject(
         mask_value=int(obj.mask_value), label=str(obj.label), score=float(obj.score),
         top_labels=[str(w) for w in obj.top_labels],
@@ -69,6 +106,8 @@ def object_message(obj: SoundingObjectResult) -> SoundingObject:
         factor_index=int(obj.factor_index))
     x, y, w, h = (int(v) for v in obj.bbox)
     msg.bbox.x_offset, msg.bbox.y_offset, msg.bbox.width, msg.bbox.height = x, y, w, h
+    if hasattr(msg, 'class_id'):    # taco_msgs before class_id was added lacks the field
+        msg.class_id = int(class_id)
     return msg
 
 
@@ -101,6 +140,13 @@ def label_info_message(vocabulary: Sequence[str], threshold: float, stamp: Time)
     msg.class_map = [VocabularyClass(class_id=i, class_name=str(word))
                      for i, word in enumerate(vocabulary)]
     return msg
+
+
+def paired_camera_info(info: CameraInfo, header: Header) -> CameraInfo:
+    """A copy of ``info`` carrying the paired frame's header (what ~/camera_info publishes)."""
+    out = copy.copy(info)
+    out.header = header
+    return out
 
 
 def _audio_span(window: AudioWindow) -> tuple[Time, Time]:

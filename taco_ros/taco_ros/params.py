@@ -1,5 +1,6 @@
 """Parameters, topics and QoS of taco_node and mic_node: the tables the nodes declare from and
-config/*.yaml and the README tables are generated from (a test keeps them equal).
+config/*.yaml and the README tables are generated from (by taco_ros.params_docs; a test keeps
+them equal).
 
 Importable without rclpy (the launch file and the docs read it); the few functions that need ROS
 types import them inside.
@@ -10,7 +11,8 @@ by reconfiguring the lifecycle node, i.e. deactivate → cleanup → set → con
 mic_node's are all read at start-up.
 
 A value of the wrong type is refused with a message wherever it comes from: ``ros2 param set`` (the
-node's validator), or a parameter file / ``-p`` at start-up (:func:`declare_all` declares the default
+node's validator), or a parameter file / ``-p`` at start-up
+(:func:`taco_ros.param_declaration.declare_all` declares the default
 instead and returns the problem, which the node reports and refuses to configure with).
 """
 
@@ -20,6 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from taco_ros.audio_formats import SAMPLE_FORMATS
 from taco_ros.core.contract import (
     AUDIO_CONTEXTS,
     CLAP_CONTEXT_SEC,
@@ -38,6 +41,7 @@ MIC_NODE_NAME = 'mic_node'
 # Inputs are relative names (remap them: image:=/camera/color/image_raw); outputs are private.
 TOPIC_IMAGE = 'image'
 TOPIC_IMAGE_COMPRESSED = 'image/compressed'     # image_transport's naming for the compressed stream
+TOPIC_CAMERA_INFO = 'camera_info'               # optional: republished with each window's frame
 TOPIC_AUDIO = 'audio'
 TOPIC_AUDIO_INFO = 'audio_info'                 # ros-drivers audio_common stream description
 TOPIC_MASK = '~/mask'
@@ -45,6 +49,9 @@ TOPIC_OBJECTS = '~/objects'
 TOPIC_AUDIO_ACTIVATION = '~/audio_activation'
 TOPIC_DEBUG_IMAGE = '~/debug_image'
 TOPIC_LABEL_INFO = '~/label_info'
+TOPIC_PAIRED_CAMERA_INFO = '~/camera_info'
+TOPIC_DETECTIONS = '~/detections'               # vision_msgs/Detection2DArray (when installed)
+TOPIC_VISION_LABEL_INFO = '~/vision_label_info'  # vision_msgs/LabelInfo (~/label_info is taco_msgs')
 TOPIC_DIAGNOSTICS = '/diagnostics'
 SERVICE_SET_VOCABULARY = '~/set_vocabulary'
 
@@ -52,60 +59,88 @@ SERVICE_SET_VOCABULARY = '~/set_vocabulary'
 OUTPUT_DEPTH = 5
 
 QOS_PROFILES = ('sensor_data', 'reliable', 'best_effort', 'system_default')
+MASK_ENCODINGS = ('instance', 'class')
+MIC_MSG_TYPES = ('taco', 'audio_common_stamped', 'audio_data_stamped')
+VISION_MSGS_NEEDED = 'vision_msgs 4.x installed'
 
 
 @dataclass(frozen=True)
 class TopicSpec:
-    """One topic or service of the node, for the README table and the tests."""
+    """One topic or service of the node, for the README table and the tests.
+
+    enabled_by: what makes the node use it ('always', a parameter value or an installed package).
+    """
 
     name: str
     type: str
     direction: str      # 'sub', 'pub' or 'srv'
     qos: str
     description: str
+    enabled_by: str = 'always'
 
 
+T = TopicSpec
+RELIABLE_OUT = f'reliable, depth {OUTPUT_DEPTH}'
 TOPICS: list[TopicSpec] = [
-    TopicSpec(TOPIC_IMAGE, 'sensor_msgs/Image', 'sub', 'image_qos (sensor_data)',
-              "camera frames (rgb8, bgr8, rgba8, bgra8, mono8; any row step); used when "
-              "image_transport is 'raw'"),
-    TopicSpec(TOPIC_IMAGE_COMPRESSED, 'sensor_msgs/CompressedImage', 'sub',
-              'image_qos (sensor_data)', "jpeg/png frames; used when image_transport is 'compressed'"),
-    TopicSpec(TOPIC_AUDIO, 'taco_msgs/AudioChunk | std_msgs/Int16MultiArray | '
-              'std_msgs/Float32MultiArray | audio_common_msgs (either flavour)', 'sub',
-              'audio_qos (sensor_data, depth audio_qos_depth)',
-              'microphone chunks; type chosen by audio_msg_type (auto: the type on the topic)'),
-    TopicSpec(TOPIC_AUDIO_INFO, 'audio_common_msgs/AudioInfo (ros-drivers)', 'sub',
-              'best effort, depth 1', 'stream format for ros-drivers AudioData(Stamped) only'),
-    TopicSpec(TOPIC_MASK, 'sensor_msgs/Image (mono8)', 'pub', f'reliable, depth {OUTPUT_DEPTH}',
-              'per-pixel object index: 0 background, v = objects[v-1]; same size and header as the '
-              'paired camera frame'),
-    TopicSpec(TOPIC_OBJECTS, 'taco_msgs/SoundingObjectArray', 'pub', f'reliable, depth {OUTPUT_DEPTH}',
-              'sounding objects (label, scores, box, confidence) of each window; empty when nothing '
-              'in view sounds'),
-    TopicSpec(TOPIC_AUDIO_ACTIVATION, 'taco_msgs/AudioActivation', 'pub',
-              f'reliable, depth {OUTPUT_DEPTH}',
-              "activation of the sounding factor over the window's audio tokens, with time offsets"),
-    TopicSpec(TOPIC_DEBUG_IMAGE, 'sensor_msgs/Image (rgb8)', 'pub', f'reliable, depth {OUTPUT_DEPTH}',
-              'frame with the mask blended, label, score and activation strip; built only while '
-              'subscribed'),
-    TopicSpec(TOPIC_LABEL_INFO, 'taco_msgs/LabelInfo', 'pub', 'reliable, transient_local, depth 1',
-              'current vocabulary (class_id = index) and mask threshold; republished on change'),
-    TopicSpec(TOPIC_DIAGNOSTICS, 'diagnostic_msgs/DiagnosticArray', 'pub', 'reliable, depth 10',
-              'input rates, latency, per-stage times, drops, buffer fill, device, GPU memory; '
-              'every diagnostics_period'),
-    TopicSpec(SERVICE_SET_VOCABULARY, 'taco_msgs/srv/SetVocabulary', 'srv', 'services default',
-              'replace the vocabulary (same as setting the vocabulary parameter)'),
+    T(TOPIC_IMAGE, 'sensor_msgs/Image', 'sub', 'image_qos (sensor_data)',
+      'camera frames (rgb8, bgr8, rgba8, bgra8, mono8, 16-bit, Bayer, YUV 4:2:2; any row step)',
+      "image_transport 'raw'"),
+    T(TOPIC_IMAGE_COMPRESSED, 'sensor_msgs/CompressedImage', 'sub', 'image_qos (sensor_data)',
+      'jpeg/png frames', "image_transport 'compressed'"),
+    T(TOPIC_CAMERA_INFO, 'sensor_msgs/CameraInfo', 'sub', 'image_qos (sensor_data)',
+      "the camera's calibration; the one nearest each window's frame (within pair_tolerance) is "
+      'republished on ~/camera_info', 'always (optional input)'),
+    T(TOPIC_AUDIO, 'taco_msgs/AudioChunk | std_msgs/Int16MultiArray | '
+      'std_msgs/Float32MultiArray | audio_common_msgs (either flavour)', 'sub',
+      'audio_qos (sensor_data, depth audio_qos_depth)',
+      'microphone chunks; type chosen by audio_msg_type (auto: the type on the topic)'),
+    T(TOPIC_AUDIO_INFO, 'audio_common_msgs/AudioInfo (ros-drivers)', 'sub',
+      'reliable + transient_local (latched), and best effort (volatile publishers)',
+      'format of ros-drivers AudioData(Stamped); until it (or audio_sample_format) is known, '
+      'chunks are held (a few seconds)', 'audio_msg_type audio_data / audio_data_stamped'),
+    T(TOPIC_MASK, 'sensor_msgs/Image (mono8 or mono16)', 'pub', RELIABLE_OUT,
+      "same size and header as the paired frame; mask_encoding 'instance' (mono8): 0 background, "
+      "v = objects[v-1]; 'class' (mono16): the class id of ~/label_info, 65535 background"),
+    T(TOPIC_OBJECTS, 'taco_msgs/SoundingObjectArray', 'pub', RELIABLE_OUT,
+      'sounding objects (label, scores, box, confidence) of each window; empty when nothing '
+      'in view sounds'),
+    T(TOPIC_AUDIO_ACTIVATION, 'taco_msgs/AudioActivation', 'pub', RELIABLE_OUT,
+      "activation of the sounding factor over the window's audio tokens, with time offsets"),
+    T(TOPIC_DEBUG_IMAGE, 'sensor_msgs/Image (rgb8)', 'pub', RELIABLE_OUT,
+      'frame with the mask blended, label, score and activation strip', 'a subscriber'),
+    T(TOPIC_LABEL_INFO, 'taco_msgs/LabelInfo', 'pub', 'reliable, transient_local, depth 1',
+      'current vocabulary (class_id = index) and mask threshold; republished on change'),
+    T(TOPIC_PAIRED_CAMERA_INFO, 'sensor_msgs/CameraInfo', 'pub', RELIABLE_OUT,
+      "the camera_info paired with each window's frame, with the frame's header (to project "
+      'the mask)', 'camera_info published'),
+    T(TOPIC_DETECTIONS, 'vision_msgs/Detection2DArray', 'pub', RELIABLE_OUT,
+      "the sounding objects for generic consumers; the frame's header; class_id = "
+      'vocabulary index as in ~/vision_label_info', VISION_MSGS_NEEDED),
+    T(TOPIC_VISION_LABEL_INFO, 'vision_msgs/LabelInfo', 'pub',
+      'reliable, transient_local, depth 1', 'the class ids of ~/detections (same ids as '
+      '~/label_info); republished on change', VISION_MSGS_NEEDED),
+    T(TOPIC_DIAGNOSTICS, 'diagnostic_msgs/DiagnosticArray', 'pub', 'reliable, depth 10',
+      'input rates, latency, per-stage times, drops, buffer fill, device, GPU memory; '
+      'every diagnostics_period'),
+    T(SERVICE_SET_VOCABULARY, 'taco_msgs/srv/SetVocabulary', 'srv', 'services default',
+      'replace the vocabulary (same as setting the vocabulary parameter)'),
 ]
 
 MIC_TOPICS: list[TopicSpec] = [
-    TopicSpec(TOPIC_AUDIO, 'taco_msgs/AudioChunk', 'pub', 'qos (sensor_data), depth qos_depth',
-              'blocks of block_size frames, header.stamp = capture time of the first sample; the '
-              'topic name is the topic parameter'),
-    TopicSpec(TOPIC_DIAGNOSTICS, 'diagnostic_msgs/DiagnosticArray', 'pub', 'reliable, depth 10',
-              'device, rate, overflows, dropped blocks, clock re-syncs, restarts; every '
-              'diagnostics_period_s'),
+    T(TOPIC_AUDIO, 'taco_msgs/AudioChunk | audio_common_msgs/AudioStamped (mgonzs13) | '
+      'audio_common_msgs/AudioDataStamped (ros-drivers)', 'pub',
+      'qos (reliable), depth qos_depth',
+      'blocks of block_size frames, header.stamp = capture time of the first sample; the '
+      'topic name is the topic parameter', 'msg_type (taco, audio_common_stamped, '
+      'audio_data_stamped; the audio_common ones need that flavour installed)'),
+    T(TOPIC_AUDIO_INFO, 'audio_common_msgs/AudioInfo (ros-drivers)', 'pub',
+      'reliable, transient_local, depth 1', 'the stream format (channels, rate, S16LE / S32LE / '
+      'F32LE, wave); the topic name is the info_topic parameter', 'msg_type audio_data_stamped'),
+    T(TOPIC_DIAGNOSTICS, 'diagnostic_msgs/DiagnosticArray', 'pub', 'reliable, depth 10',
+      'device, rate, overflows, dropped blocks, clock re-syncs, restarts; every '
+      'diagnostics_period_s'),
 ]
+del T
 
 
 # ------------------------------------------------------------------------------------ parameters
@@ -218,6 +253,14 @@ PARAMETERS: list[ParamSpec] = [
       "uses the last 7 s of real audio.", 'processing', choices=AUDIO_CONTEXTS),
     P('silence_rms', 0.001, 'Windows whose RMS is below this are "nothing sounding" without '
       'running the models (0 disables the gate).', 'processing', range=(0.0, 1.0)),
+    P('solver_threads', 1, "torch intra-op threads while the co-NMF runs on the CPU (0 keeps the "
+      "process's setting); 1 is fastest for its many small operations and does not collapse when "
+      'other processes load the cores (bench/bench_threads.py).', 'processing', range=(0, 256)),
+    # -- outputs (live) --
+    P('mask_encoding', 'instance', "~/mask pixels: 'instance' = mono8 object index (0 background, "
+      "v = objects[v-1]); 'class' = mono16 class id of ~/label_info and ~/vision_label_info "
+      '(the vocabulary index; 65535 = background, vision_msgs UNLABELED).', 'outputs',
+      choices=MASK_ENCODINGS),
     # -- inputs --
     P('image_transport', 'raw', "'raw' subscribes to image (sensor_msgs/Image), 'compressed' to "
       "image/compressed (sensor_msgs/CompressedImage).", 'inputs', applies='activate',
@@ -235,9 +278,16 @@ PARAMETERS: list[ParamSpec] = [
       choices=QOS_PROFILES),
     P('audio_qos_depth', 50, 'History depth of the audio subscription (bursts of small chunks).',
       'inputs', applies='activate', range=(1, 10000)),
-    P('audio_sample_rate', 16000, 'Sample rate of headerless audio (std_msgs multiarrays; '
-      'audio_data without audio_info).', 'inputs', range=(1000, 384000)),
-    P('audio_channels', 1, 'Interleaved channels of headerless audio.', 'inputs', range=(1, 64)),
+    P('audio_sample_rate', 16000, 'Sample rate of std_msgs multiarray audio, and of ros-drivers '
+      'audio while audio_sample_format is set and no audio_info has arrived.', 'inputs',
+      range=(1000, 384000)),
+    P('audio_channels', 1, 'Interleaved channels of std_msgs multiarray audio (without a layout), '
+      'and of ros-drivers audio while audio_sample_format is set and no audio_info has arrived.',
+      'inputs', range=(1, 64)),
+    P('audio_sample_format', '', 'ros-drivers AudioData(Stamped) only: "" holds the chunks (a few '
+      'seconds) until audio_info says how to read them; a GStreamer sample format (S16LE, S32LE, '
+      'F32LE, S24LE, U8, ...) decodes them at once as raw PCM with audio_sample_rate and '
+      'audio_channels, until an audio_info says otherwise.', 'inputs', applies='activate'),
     P('audio_channel', -1, 'Channel used from multi-channel audio; -1 averages all channels.',
       'inputs', range=(-1, 63)),
     P('max_image_pixels', 16_777_216, 'Frames with more pixels are refused (and reported).',
@@ -255,7 +305,9 @@ PARAMETERS: list[ParamSpec] = [
     P('buffer_sec', 10.0, 'Audio ring buffer length, seconds.', 'windows', applies='configure',
       range=(2.0, 120.0)),
     P('stamp_tolerance', 0.02, 'Chunk stamps within this of the buffer end are appended '
-      'contiguously (clock jitter), seconds.', 'windows', range=(0.0, 0.5)),
+      'contiguously (clock jitter), seconds. mgonzs13 audio_common stamps each chunk with now() '
+      'before a blocking read: use at least chunk duration / 2 (4096-frame chunks at 16 kHz: '
+      '0.128).', 'windows', range=(0.0, 0.5)),
     P('cold_start_gap', 0.25, 'Zero-filled audio in a window (seconds) that forces a cold '
       'co-NMF start.', 'windows', range=(0.0, 60.0)),
     P('window_queue', 0, 'Windows kept while inference is busy: 0 = only the newest (the others '
@@ -299,7 +351,15 @@ MIC_PARAMETERS: list[ParamSpec] = [
       applies='startup'),
     P('topic', 'audio', 'Output topic (relative to the namespace).', 'publishing',
       applies='startup'),
-    P('qos', 'sensor_data', 'Publisher QoS.', 'publishing', applies='startup',
+    P('msg_type', 'taco', 'Message type published: taco (taco_msgs/AudioChunk), '
+      'audio_common_stamped (mgonzs13 AudioStamped) or audio_data_stamped (ros-drivers '
+      'AudioDataStamped, with a latched AudioInfo on info_topic); an audio_common type needs that '
+      'flavour of audio_common_msgs installed, else taco is published and the refusal reported.',
+      'publishing', applies='startup', choices=MIC_MSG_TYPES),
+    P('info_topic', 'audio_info', 'AudioInfo topic of msg_type audio_data_stamped (relative to '
+      'the namespace).', 'publishing', applies='startup'),
+    P('qos', 'reliable', 'Publisher QoS; reliable as REP-2003 asks of drivers (consumers subscribe '
+      'with sensor_data, which connects to it).', 'publishing', applies='startup',
       choices=QOS_PROFILES),
     P('qos_depth', 20, 'History depth of the publisher.', 'publishing', applies='startup',
       range=(1, 1000)),
@@ -338,10 +398,11 @@ NODES: dict[str, NodeTables] = {
 
 def defaults(node: str = NODE_NAME) -> dict[str, Any]:
     """{name: default} of every parameter of ``node``."""
-    return {spec.name: _copy(spec.default) for spec in NODES[node].parameters}
+    return {spec.name: copy_default(spec.default) for spec in NODES[node].parameters}
 
 
-def _copy(value: Any) -> Any:
+def copy_default(value: Any) -> Any:
+    """A default as a fresh value (lists are copied, so a node never shares the table's list)."""
     return list(value) if isinstance(value, list) else value
 
 
@@ -387,6 +448,10 @@ def validate(name: str, value: Any, node: str = NODE_NAME) -> str | None:
         return f'{name}={value!r} is not one of {", ".join(spec.choices)}'
     if node == NODE_NAME and name == 'device':
         return check_device(value)
+    if node == NODE_NAME and name == 'audio_sample_format' and value.strip():
+        if value.strip().upper() not in SAMPLE_FORMATS:
+            return (f'audio_sample_format={value!r} is not a raw sample format; use "" (wait for '
+                    f'audio_info) or one of {", ".join(SAMPLE_FORMATS)}')
     if spec.type_name == 'string[]':
         return validate_vocabulary(value)
     return None
@@ -460,52 +525,6 @@ def validate_together(values: dict[str, Any]) -> str | None:
 
 
 # -------------------------------------------------------------------------------------- ROS glue
-def descriptor(spec: ParamSpec) -> Any:
-    """rcl_interfaces ParameterDescriptor of a spec (description, range, read_only)."""
-    from rcl_interfaces.msg import (
-        FloatingPointRange,
-        IntegerRange,
-        ParameterDescriptor,
-        ParameterType,
-    )
-
-    result = ParameterDescriptor(
-        name=spec.name, description=spec.full_description(), read_only=spec.startup_only)
-    if spec.range is not None:
-        if spec.type_name == 'int':
-            result.integer_range = [IntegerRange(
-                from_value=int(spec.range[0]), to_value=int(spec.range[1]), step=0)]
-        else:
-            result.floating_point_range = [FloatingPointRange(
-                from_value=float(spec.range[0]), to_value=float(spec.range[1]), step=0.0)]
-    if spec.choices:
-        result.additional_constraints = 'one of: ' + ', '.join(spec.choices)
-    if spec.type_name == 'string[]':
-        # An empty default cannot carry the string-array type, so the type is checked by validate().
-        result.type = ParameterType.PARAMETER_STRING_ARRAY
-        result.dynamic_typing = True
-    if spec.also_int:
-        result.dynamic_typing = True
-    return result
-
-
-def declare_all(node: Any, name: str = NODE_NAME) -> list[str]:
-    """Declare every parameter of node table ``name`` on ``node``; values from overrides (a YAML
-    file, ``-p``) win. An override rclpy refuses (wrong type, out of range) never raises: the
-    default is declared instead and the problem returned, one readable line each."""
-    from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
-
-    problems = []
-    for spec in NODES[name].parameters:
-        try:
-            node.declare_parameter(spec.name, _copy(spec.default), descriptor(spec))
-        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
-            node.declare_parameter(spec.name, _copy(spec.default), descriptor(spec),
-                                   ignore_override=True)
-            problems.append(f'{spec.name}: the value given at start-up was refused: {exc}')
-    return problems
-
-
 def qos_profile(name: str, depth: int) -> Any:
     """rclpy QoSProfile for a QoS parameter value."""
     from rclpy.qos import (
@@ -533,65 +552,3 @@ def qos_profile(name: str, depth: int) -> Any:
     else:
         raise ValueError(f'unknown QoS profile {name!r}; expected one of {QOS_PROFILES}')
     return profile
-
-
-# ----------------------------------------------------------------------------------------- docs
-def _format_default(value: Any) -> str:
-    if isinstance(value, bool):
-        return 'true' if value else 'false'
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, list):
-        return '[]' if not value else '[' + ', '.join(f'"{v}"' for v in value) + ']'
-    return repr(value)
-
-
-def _cell(text: str) -> str:
-    """Markdown table cell text (a bare '|' would end the cell)."""
-    return str(text).replace('|', '\\|')
-
-
-def markdown_table(node: str = NODE_NAME) -> str:
-    """README tables of ``node``: topics/services, then parameters (from its tables)."""
-    tables = NODES[node]
-    lines = ['| Topic / service | Direction | Type | QoS | Content |', '|---|---|---|---|---|']
-    for topic in tables.topics:
-        lines.append(f'| `{topic.name}` | {topic.direction} | {_cell(topic.type)} | '
-                     f'{_cell(topic.qos)} | {_cell(topic.description)} |')
-    lines += ['', '| Parameter | Type | Default | Range | Changes | Description |',
-              '|---|---|---|---|---|---|']
-    for spec in tables.parameters:
-        rng = '' if spec.range is None else f'{spec.range[0]} .. {spec.range[1]}'
-        lines.append(
-            f'| `{spec.name}` | {_cell(spec.type_name)} | `{_format_default(spec.default)}` | '
-            f'{rng} | {spec.applies} | {_cell(spec.full_description(change_note=False))} |')
-    return '\n'.join(lines) + '\n'
-
-
-def readme_tables() -> str:
-    """The README's generated block: taco_node's tables, then mic_node's."""
-    return (markdown_table(NODE_NAME) + '\n**mic_node** (`config/mic.yaml`; every parameter is '
-            'read at start-up):\n\n' + markdown_table(MIC_NODE_NAME))
-
-
-def yaml_text(node: str = NODE_NAME) -> str:
-    """config/<node>.yaml content: every parameter at its default, grouped.
-
-    Keyed ``/**`` so the file applies to the node under any namespace and name (a plain
-    ``taco_node:`` key does not match ``/robot1/taco_node``)."""
-    tables = NODES[node]
-    lines = [
-        f'# {node} parameters (defaults). Generated from taco_ros/params.py; a test keeps them equal.',
-        '# See the README for when each one takes effect and what it does.',
-        '/**:', '  ros__parameters:']
-    group = None
-    for spec in tables.parameters:
-        if spec.group != group:
-            group = spec.group
-            lines.append(f'    # -- {group}')
-        if isinstance(spec.default, list) and not spec.default:
-            # rcl's YAML parser reads an empty list as "not set": leave the default to the node.
-            lines.append(f'    # {spec.name}: ["word", "other word"]   # default []: see the README')
-            continue
-        lines.append(f'    {spec.name}: {_format_default(spec.default)}')
-    return '\n'.join(lines) + '\n'

@@ -5,8 +5,8 @@ A ``rclpy.lifecycle.LifecycleNode`` around :class:`taco_ros.core.pipeline.TacoPi
 * configure: check the parameters, load the models and the anchor bank, create publishers and the
   ``set_vocabulary`` service (fails with a clear message when a parameter is refused or model files
   are missing, unless ``allow_random_weights``);
-* activate: subscribe to the camera and the microphone, start the inference timer, publish
-  ``label_info`` (transient local);
+* activate: subscribe to the camera (and its camera_info) and the microphone, start the inference
+  timer, publish ``label_info`` (transient local);
 * deactivate: unsubscribe, wait for the window in flight, move the models off the GPU;
 * cleanup: release the models, the buffered audio and frames and every ROS entity, then return the
   memory: ``gc.collect()``, ``torch.cuda.empty_cache()`` when CUDA was used, and glibc's
@@ -16,6 +16,10 @@ A ``rclpy.lifecycle.LifecycleNode`` around :class:`taco_ros.core.pipeline.TacoPi
   /diagnostics (windows, drops, restarts: they describe the node's whole life).
 
 With ``autostart`` (default) :func:`main` runs configure + activate itself.
+
+Optional outputs (:mod:`taco_ros.interop`): with vision_msgs 4.x importable, ``~/detections`` and
+``~/vision_label_info`` are published too; without it the node runs on taco_msgs alone and says
+so once at configure. The topics, QoS and mask values: docs/ros_interface.md.
 
 Threads (MultiThreadedExecutor): the image and audio callbacks (one callback group, see
 :mod:`taco_ros.node_inputs`) only check and store; the inference timer (its own group) asks the
@@ -30,6 +34,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import gc
+import importlib
 import sys
 import threading
 import time
@@ -47,15 +52,17 @@ from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedEx
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header
 
 from taco_msgs.msg import AudioActivation, LabelInfo, SoundingObjectArray
 from taco_msgs.srv import SetVocabulary
 from taco_ros import conversions as conv
-from taco_ros import diagnostics, outputs, params
+from taco_ros import diagnostics, interop, outputs, params
+from taco_ros.audio_formats import RawAudioGate
 from taco_ros.core.contract import TacoResult
 from taco_ros.core.windows import WindowJob, WindowPolicy
-from taco_ros.node_inputs import THROTTLE_SEC, NodeInputs
+from taco_ros.node_inputs import THROTTLE_SEC, CameraInfoStore, NodeInputs
 from taco_ros.node_parameters import NodeParameters
 
 if TYPE_CHECKING:
@@ -98,9 +105,11 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
         self._lifecycle = 'unconfigured'
         self._pipeline: TacoPipeline | None = None
         self._policy: WindowPolicy[FrameMsg] = WindowPolicy(max_frames=MAX_FRAMES)
-        self._raw_audio_info = conv.RawAudioInfo()
+        self._raw_gate = RawAudioGate()
+        self._camera_infos = CameraInfoStore()
         self._audio_kind: str | None = None
         self._outputs: dict[str, Any] = {}
+        self._optional_off = ''
         self._input_subs: list[Any] = []
         self._owned_timers: list[Any] = []
         self._activation_timers: list[Any] = []
@@ -169,6 +178,7 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
         with self._input_lock:
             self._policy.configure(self.window_settings())
             self._policy.reset()
+            self._camera_infos.clear()
 
     def _make_publishers(self) -> None:
         reliable = QoSProfile(depth=params.OUTPUT_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
@@ -181,7 +191,22 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
             'activation': make(AudioActivation, params.TOPIC_AUDIO_ACTIVATION, reliable),
             'debug': make(Image, params.TOPIC_DEBUG_IMAGE, reliable),
             'label_info': make(LabelInfo, params.TOPIC_LABEL_INFO, latched),
+            'camera_info': make(CameraInfo, params.TOPIC_PAIRED_CAMERA_INFO, reliable),
         }
+        detections = interop.optional_outputs()[interop.OUTPUT_DETECTIONS]
+        if detections.available:
+            vision = importlib.import_module('vision_msgs.msg')
+            self._outputs['detections'] = make(
+                vision.Detection2DArray, params.TOPIC_DETECTIONS, reliable)
+            self._outputs['vision_label_info'] = make(
+                vision.LabelInfo, params.TOPIC_VISION_LABEL_INFO, latched)
+            self._optional_off = ''
+            self.get_logger().info(f'vision_msgs found: publishing {params.TOPIC_DETECTIONS} and '
+                                   f'{params.TOPIC_VISION_LABEL_INFO}')
+        else:
+            self._optional_off = (f'{params.TOPIC_DETECTIONS}, {params.TOPIC_VISION_LABEL_INFO}: '
+                                  f'{detections.reason}')
+            self.get_logger().info(f'optional outputs off: {self._optional_off}')
 
     @_logged_transition
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -193,6 +218,7 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
         result = super().on_activate(state)
         self._reset_inputs()
         self._subscribe_image()
+        self._subscribe_camera_info()
         self._subscribe_audio()
         self._activation_timers.append(self.create_timer(
             TICK_PERIOD, self._on_tick, callback_group=self._inference_group))
@@ -299,6 +325,7 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
 
     def _run(self, job: WindowJob[FrameMsg]) -> None:
         pipeline = self._pipeline
+        vocabulary = pipeline.vocabulary    # the words of this window's class ids
         try:
             frame = self._decode_frame(job.frame)
         except ValueError as exc:
@@ -317,7 +344,7 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
             self.get_logger().error(f'window failed: {exc}\n{traceback.format_exc()}',
                                     throttle_duration_sec=THROTTLE_SEC)
             return
-        self._publish(result, job, frame)
+        self._publish(result, job, frame, vocabulary)
         self._stats.window_done(self._now() - job.end, result.timings, result.steps,
                                 result.sounding, time.monotonic())
         if result.random_weights:
@@ -329,9 +356,11 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
         return conv.image_to_rgb(msg, self._p['max_image_pixels'])
 
     # ------------------------------------------------------------------ outputs
-    def _publish(self, result: TacoResult, job: WindowJob[FrameMsg], frame: np.ndarray) -> None:
+    def _publish(self, result: TacoResult, job: WindowJob[FrameMsg], frame: np.ndarray,
+                 vocabulary: list[str]) -> None:
         header = job.frame.header
-        messages = outputs.window_messages(result, header, job.window)
+        messages = outputs.window_messages(result, header, job.window, vocabulary,
+                                           self._p['mask_encoding'])
         pubs = self._outputs
         pubs['mask'].publish(messages.mask)
         pubs['objects'].publish(messages.objects)
@@ -339,14 +368,37 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
         if pubs['debug'].get_subscription_count() > 0:
             pubs['debug'].publish(outputs.debug_image_message(
                 frame, result, header, self._p['debug_alpha']))
+        self._publish_camera_info(job, header)
+        if 'detections' in pubs:
+            try:
+                pubs['detections'].publish(interop.detection_array(result, vocabulary, header))
+            except ValueError as exc:   # a label outside the vocabulary: no id names it
+                self._stats.add('skipped_detections')
+                self.get_logger().warning(f'no detections for this window: {exc}',
+                                          throttle_duration_sec=THROTTLE_SEC)
+
+    def _publish_camera_info(self, job: WindowJob[FrameMsg], header: Any) -> None:
+        """The CameraInfo nearest the window's frame, re-stamped with the frame's header."""
+        with self._input_lock:
+            if not len(self._camera_infos):
+                return
+            info = self._camera_infos.nearest(job.frame_stamp, self._p['pair_tolerance'])
+        if info is None:
+            self._stats.add('unpaired_camera_info')
+            return
+        self._outputs['camera_info'].publish(outputs.paired_camera_info(info, header))
 
     def _publish_label_info(self) -> None:
         publisher = self._outputs.get('label_info')
         pipeline = self._pipeline
         if publisher is None or pipeline is None or self._lifecycle != 'active':
             return
-        publisher.publish(outputs.label_info_message(
-            pipeline.vocabulary, self._p['mask_threshold'], self.get_clock().now().to_msg()))
+        vocabulary, stamp = pipeline.vocabulary, self.get_clock().now().to_msg()
+        publisher.publish(outputs.label_info_message(vocabulary, self._p['mask_threshold'], stamp))
+        vision = self._outputs.get('vision_label_info')
+        if vision is not None:
+            header = Header(stamp=stamp)
+            vision.publish(interop.label_info(vocabulary, header, self._p['mask_threshold']))
 
     def _on_set_vocabulary(self, request: SetVocabulary.Request,
                            response: SetVocabulary.Response) -> SetVocabulary.Response:
@@ -377,7 +429,8 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
             parameters=dict(self._p), audio_kind=self._audio_kind,
             device=str(pipeline.device) if pipeline is not None else '',
             random_weights=bool(pipeline is not None and pipeline.random_weights),
-            gpu_memory=diagnostics.gpu_memory(pipeline.device if pipeline is not None else None))
+            gpu_memory=diagnostics.gpu_memory(pipeline.device if pipeline is not None else None),
+            raw_audio=self.raw_audio_state(), optional_off=self._optional_off)
         delta = self._stats.since_last_report(state.drops)
         now = time.monotonic()
         msg = DiagnosticArray()

@@ -347,6 +347,66 @@ def detection_consumer(config: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
+# ------------------------------------------------------------------------------- mic_node
+def mic_listener(config: dict[str, Any]) -> dict[str, Any]:
+    """A consumer of mic_node's audio_common output: subscribes to the audio (reliable, so that
+    no block is missing from the comparison) and to the latched AudioInfo of a ros-drivers
+    stream (joining after it was sent), decodes with taco_ros's decoders and keeps the int16
+    samples of the first channel and the stamps.
+
+    Writes the message count to ``progress_path`` as it goes and stops once ``stop_path`` exists.
+    """
+    import os
+    from pathlib import Path
+
+    from audio_common_msgs.msg import AudioInfo
+
+    flavour = conv.audio_common_flavour()
+    node = rclpy.create_node('mic_listener')
+    gate = RawAudioGate()
+    report: dict[str, Any] = {'flavour': flavour, 'stamps': [], 'frame_ids': [], 'rates': [],
+                              'channels': [], 'info': [], 'refusals': []}
+    blocks: list[np.ndarray] = []
+    progress, stop = Path(config['progress_path']), Path(config['stop_path'])
+
+    def keep(chunk: Any, frame_id: str) -> None:
+        blocks.append(np.round(chunk.samples[:, 0] * 32768.0).astype(np.int16))
+        report['stamps'].append(round(chunk.stamp * 1e9))
+        report['frame_ids'].append(frame_id)
+        report['rates'].append(chunk.sample_rate)
+        report['channels'].append(chunk.samples.shape[1])
+        scratch = progress.with_suffix('.tmp')
+        scratch.write_text(str(len(blocks)))
+        os.replace(scratch, progress)
+
+    def take(update: Any) -> None:
+        report['refusals'] += [update.refusal] if update.refusal else []
+        for held, fmt in update.ready:
+            keep(conv.decode_audio_data(held.payload, fmt), held.payload.header.frame_id)
+
+    if flavour == conv.FLAVOUR_MGONZS13:
+        def on_audio(msg: Any) -> None:
+            keep(conv.decode_audio_common_stamped(msg), msg.header.frame_id)
+    else:
+        def on_audio(msg: Any) -> None:
+            take(gate.on_data(msg, len(conv.audio_data_bytes(msg)), time.monotonic()))
+
+        def on_info(msg: Any) -> None:
+            report['info'].append([msg.sample_format, msg.channels, msg.sample_rate,
+                                   msg.coding_format])
+            take(gate.on_info(RawAudioFormat.from_msg(msg)))
+
+        node.create_subscription(AudioInfo, 'audio_info', on_info, LATCHED)
+    audio_type = conv.audio_message_class(config['msg_type'])
+    node.create_subscription(audio_type, 'audio', on_audio, RELIABLE)
+    deadline = time.monotonic() + DEADLINE_S
+    while not stop.exists() and time.monotonic() < deadline:
+        rclpy.spin_once(node, timeout_sec=0.05)
+    np.save(config['samples_path'], np.concatenate(blocks) if blocks else np.zeros(0, np.int16))
+    node.destroy_node()
+    return report
+
+
 def report_outputs(config: dict[str, Any]) -> dict[str, Any]:
     del config
     return {'flavour': conv.audio_common_flavour(),
@@ -355,7 +415,7 @@ def report_outputs(config: dict[str, Any]) -> dict[str, Any]:
 
 ROLES = {f.__name__: f for f in (raw_audio_publisher, raw_audio_consumer, mgonzs13_capturer,
                                  mgonzs13_consumer, audio_builders, detection_publisher,
-                                 detection_consumer, report_outputs)}
+                                 detection_consumer, mic_listener, report_outputs)}
 
 
 def main() -> None:

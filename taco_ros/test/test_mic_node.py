@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from bringup_fixtures import (
     stop_process,
     tool_missing,
 )
+from interface_fixtures import PEERS, finish_peer, interface_workspace
 
 rclpy = pytest.importorskip('rclpy')
 pytest.importorskip('taco_msgs.msg')
@@ -135,8 +139,9 @@ def test_resolve_input_device_with_no_devices() -> None:
 
 
 # -- the real stack ------------------------------------------------------------------------------------
-def _start_mic_node(mic: FileBackedMic, *params: str) -> subprocess.Popen:
-    env = dict(os.environ, **isolate_dds(), **mic.env())
+def _start_mic_node(mic: FileBackedMic, *params: str,
+                    env: dict[str, str] | None = None) -> subprocess.Popen:
+    env = dict(env or os.environ, **isolate_dds(), **mic.env())
     args = [str(LIB_DIR / 'mic_node'), '--ros-args', '-p', f'device:={mic.DEVICE_NAME}',
             '-p', f'sample_rate:={RATE}', '-p', f'block_size:={BLOCK}', '-p', 'frame_id:=test_mic',
             *[a for p in params for a in ('-p', p)]]
@@ -329,6 +334,100 @@ def test_mic_node_refuses_wrong_parameter_values_and_keeps_running() -> None:
                 'no-such-mic' in s.message for s in statuses), 30)
             values = {kv.key: kv.value for kv in statuses[-1].values}
             assert 'sample_rate' in values['parameter_problems']
+        finally:
+            executor.remove_node(mic)
+            mic.destroy_node()
+
+
+# -- audio_common output ---------------------------------------------------------------------------
+def _count(path: Path) -> int:
+    return int(path.read_text()) if path.exists() else 0
+
+
+def _wait(done: Callable[[], bool], timeout: float, process: subprocess.Popen) -> bool:
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    return done()
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize('msg_type,workspace', [('audio_common_stamped', 'mgonzs13_audio'),
+                                                ('audio_data_stamped', 'ros_drivers_audio')])
+def test_mic_node_publishes_each_audio_common_flavour(tmp_path: Path, msg_type: str,
+                                                      workspace: str) -> None:
+    """mic_node with that flavour of audio_common_msgs sourced, capturing through ALSA and
+    PortAudio, and a consumer that joins two seconds later (so a ros-drivers AudioInfo reaches
+    it only because it is latched): the sound arrives sample for sample, in blocks stamped one
+    block apart, with the format it was captured in."""
+    ws = interface_workspace(workspace)
+    sound = np.random.default_rng(7).integers(-8000, 8000, RATE // 2).astype(np.int16)
+    mic = FileBackedMic(tmp_path, RATE, BLOCK)
+    mic.install()
+    mic.start()
+    # The node, its consumer and nothing else share a domain; the workspace is sourced for both.
+    process = _start_mic_node(mic, f'msg_type:={msg_type}', env=ws.env())
+    progress, stop = tmp_path / 'progress', tmp_path / 'stop'
+    listener = None
+    try:
+        time.sleep(2.0)
+        listener = ws.popen([str(PEERS), 'mic_listener', json.dumps({
+            'msg_type': msg_type, 'progress_path': str(progress), 'stop_path': str(stop),
+            'samples_path': str(tmp_path / 'samples.npy')})], **isolate_dds())
+        assert _wait(lambda: _count(progress) >= 5, 120, listener), 'no audio received'
+        mic.play(sound)
+        assert _wait(mic.idle, 30, listener)
+        count = _count(progress)
+        assert _wait(lambda: _count(progress) >= count + 6, 30, listener)
+        stop.touch()
+        report = finish_peer(listener, 60)
+    finally:
+        stop.touch()
+        stop_process(process)
+        mic.close()
+        if listener is not None and listener.poll() is None:
+            listener.kill()
+            listener.communicate()
+    log = process.stdout.read()
+    assert 'parameter refused' not in log, log
+    samples = np.load(tmp_path / 'samples.npy')
+    assert _find(samples, sound) >= 0, 'the sound is not intact in the received stream'
+    assert set(report['frame_ids']) == {'test_mic'}
+    assert set(report['rates']) == {RATE} and set(report['channels']) == {1}
+    steps = np.diff(np.array(report['stamps']))
+    assert np.abs(steps[5:] - BLOCK_NS).max() < 2_000_000, steps
+    if msg_type == 'audio_data_stamped':
+        assert report['info'] and report['info'][0] == ['S16LE', 1, RATE, 'wave']
+        assert report['refusals'] == []
+
+
+@pytest.mark.ros
+def test_mic_node_publishes_reliable_and_refuses_an_absent_audio_common() -> None:
+    """REP-2003: a driver publishes reliable (sensor-data consumers connect to it). A msg_type
+    whose package is not installed is refused with the reason, and taco_msgs is published."""
+    from importlib.util import find_spec
+
+    from rclpy.parameter import Parameter
+    from rclpy.qos import ReliabilityPolicy
+
+    from taco_ros.mic_node import MicNode
+
+    if find_spec('audio_common_msgs') is not None:
+        pytest.skip('audio_common_msgs is installed here')
+    with ros_session('mic_msg_type_probe') as (context, _, executor):
+        mic = MicNode(context=context, parameter_overrides=[
+            Parameter('device', value='no-such-mic'),
+            Parameter('msg_type', value='audio_data_stamped')])
+        try:
+            executor.add_node(mic)
+            assert mic._publisher.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+            assert mic.msg_type == 'taco'
+            assert any('msg_type audio_data_stamped cannot be published: audio_common_msgs is '
+                       'not installed; publishing taco_msgs/AudioChunk' in problem
+                       for problem in mic.parameter_problems), mic.parameter_problems
+            topics = dict(mic.get_publisher_names_and_types_by_node('mic_node', '/'))
+            assert topics['/audio'] == ['taco_msgs/msg/AudioChunk']
+            assert '/audio_info' not in topics
         finally:
             executor.remove_node(mic)
             mic.destroy_node()

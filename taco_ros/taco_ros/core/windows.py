@@ -166,6 +166,19 @@ class _HeldChunk:
         return self.stamp + self.frames.shape[0] / self.sample_rate
 
 
+def _follows(held: _HeldChunk, stamp: float, buffer_end: float) -> bool:
+    """True when a chunk at ``stamp`` continues the held chunk's time line, not the buffer's."""
+    return abs(stamp - held.end) < abs(stamp - buffer_end)
+
+
+def _due_count(audio: AudioRingBuffer, scheduler: WindowScheduler) -> int:
+    """Complete windows not handed out yet (lost if the audio is cleared now)."""
+    if audio.empty:
+        return 0
+    due = scheduler.due_ends(audio.start_time, audio.end_time)
+    return 0 if due is None else due[1]
+
+
 class PolicyReport:
     """What a window policy counts and tells: window drops by cause, stream restarts by reason,
     input oddities that cost no window, and one-line notices for the log."""
@@ -287,7 +300,7 @@ class WindowPolicy(PolicyReport, Generic[T]):
         report = PushReport()
         held, self._held_chunk = self._held_chunk, None
         if held is not None:
-            if self._follows(held, stamp):
+            if _follows(held, stamp, self.audio.end_time):
                 report = self._restart_audio(held, now)
             else:
                 report = self._place_stray(held, now)
@@ -303,10 +316,6 @@ class WindowPolicy(PolicyReport, Generic[T]):
         self._last_chunk = (chunk.stamp, frames)
         self._prune_frames()
         return report
-
-    def _follows(self, held: _HeldChunk, stamp: float) -> bool:
-        """True when a chunk at ``stamp`` continues the held chunk's time line, not the buffer's."""
-        return abs(stamp - held.end) < abs(stamp - self.audio.end_time)
 
     def _push(self, chunk: _HeldChunk, now: float) -> PushReport:
         tolerance = chunk.tolerance
@@ -341,7 +350,7 @@ class WindowPolicy(PolicyReport, Generic[T]):
         audio = self.audio
         old_end = audio.end_time
         old_format = f'{audio.sample_rate} Hz x {audio.channels}'
-        lost = self._due_count()
+        lost = _due_count(self.audio, self.scheduler)
         report = audio.push(chunk.frames, chunk.stamp, chunk.sample_rate, chunk.tolerance)
         if report.reset is None:      # cannot happen: these chunks always restart the buffer
             return report
@@ -373,13 +382,6 @@ class WindowPolicy(PolicyReport, Generic[T]):
         self._stale_since = now
         self.frames.drop_after(self._stale_after)
         self._camera_time = None
-
-    def _due_count(self) -> int:
-        """Complete windows not handed out yet (lost if the audio is cleared now)."""
-        if self.audio.empty:
-            return 0
-        due = self.scheduler.due_ends(self.audio.start_time, self.audio.end_time)
-        return 0 if due is None else due[1]
 
     # -- frames -----------------------------------------------------------------------------------
     def add_frame(self, stamp: float, item: T, *, now: float) -> bool:
