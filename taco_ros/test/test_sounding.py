@@ -387,3 +387,17 @@ def test_tracking_a_warm_started_two_source_sequence() -> None:
     assert second in ids[3] and first not in ids[3]
     assert len({ids[t][second] for t in range(5)}) == 1  # the second source sounds throughout
     assert ids[0][first] == ids[1][first] == ids[2][first] != ids[4][first]
+
+
+@pytest.mark.gpu
+def test_a_result_on_cuda_gives_the_same_objects(streaming: dict) -> None:
+    rule = SoundingRule.for_profile('streaming', max_objects=MULTI)
+    problem, result = streaming['three'][0]
+    tensors = {f.name: getattr(result, f.name).cuda() for f in dataclasses.fields(result)
+               if isinstance(getattr(result, f.name), torch.Tensor)}
+    on_cuda = select_sounding_factors(dataclasses.replace(result, **tensors), problem.bank, rule)
+    on_cpu = select_sounding_factors(result, problem.bank, rule)
+    assert [(o.factor_index, o.audio_factor, o.label, o.merged) for o in on_cuda] == \
+        [(o.factor_index, o.audio_factor, o.label, o.merged) for o in on_cpu]
+    depths = [o.match_depth for o in on_cpu[1:]]
+    assert [o.match_depth for o in on_cuda[1:]] == pytest.approx(depths, abs=1e-4)

@@ -249,8 +249,18 @@ def select_sounding_factors(result: conmf.CoNMFResult, bank: conmf.AnchorBank,
         return [primary]
     match = factor_match(result, bank)
     primary.match_depth = match.depth(k_star, k_star)
-    objects, owned = [primary], {k_star}
-    pool = [k for k in range(masks.shape[0]) if k != k_star and masks[k].any()]
+    objects = [primary]
+    _add_matched_objects(objects, match, result, bank, rule, masks, audio_means, trace)
+    return objects
+
+
+def _add_matched_objects(objects: list[SoundingFactor], match: FactorMatch, result: conmf.CoNMFResult,
+                         bank: conmf.AnchorBank, rule: SoundingRule, masks: np.ndarray, audio_means: Tensor,
+                         trace: list[Candidate] | None) -> None:
+    """Steps 2-4 of the rule: grow ``objects`` (k* alone so far) with the matched factors."""
+    top_k = len(objects[0].top_labels)
+    owned = {objects[0].audio_factor}
+    pool = [k for k in range(masks.shape[0]) if k != objects[0].factor_index and masks[k].any()]
     while pool:
         depth, k, a = _deepest_pair(match, pool, owned)
         if depth < rule.min_match_depth:
@@ -276,7 +286,6 @@ def select_sounding_factors(result: conmf.CoNMFResult, bank: conmf.AnchorBank,
             factor_index=k, audio_factor=a, label=labels[0], score=scores[0], top_labels=labels,
             top_scores=scores, class_id=_class_id(bank, labels[0]), confidence=depth, match_depth=depth,
             audio_activation=float(audio_means[a]), coarse_mask=masks[k], primary=False))
-    return objects
 
 
 def _deepest_pair(match: FactorMatch, pool: list[int], owned: set[int]) -> tuple[float, int, int]:
@@ -319,7 +328,7 @@ def _same_object(objects: list[SoundingFactor], label: str, mask: np.ndarray,
 def factor_readout(factor: Tensor, bank: conmf.AnchorBank, top_k: int) -> tuple[list[str], list[float]]:
     """Top-k words of cos(factor, T_I) and their cosines: conmf's label readout, which conmf keeps private
     (this adapter is the one place that reaches for it)."""
-    return conmf._readout(factor, bank, top_k)
+    return conmf._readout(factor, bank.to(factor.device), top_k)
 
 
 def _class_id(bank: conmf.AnchorBank, word: str) -> int:
