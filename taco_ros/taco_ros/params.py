@@ -95,7 +95,7 @@ TOPICS: list[TopicSpec] = [
       'audio_qos (sensor_data, depth audio_qos_depth)',
       'microphone chunks; type chosen by audio_msg_type (auto: the type on the topic)'),
     T(TOPIC_AUDIO_INFO, 'audio_common_msgs/AudioInfo (ros-drivers)', 'sub',
-      'reliable + transient_local (latched), and best effort (volatile publishers)',
+      'best effort; and reliable + transient_local once a latched publisher appears',
       'format of ros-drivers AudioData(Stamped); until it (or audio_sample_format) is known, '
       'chunks are held (a few seconds)', 'audio_msg_type audio_data / audio_data_stamped'),
     T(TOPIC_MASK, 'sensor_msgs/Image (mono8 or mono16)', 'pub', RELIABLE_OUT,
