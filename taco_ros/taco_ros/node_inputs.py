@@ -173,7 +173,7 @@ class NodeInputs:
             f'{self._p["audio_qos"]}: {qos.reliability.name.lower()}, depth {qos.depth})')
 
     def _explicit_raw_format(self) -> RawAudioFormat | None:
-        name = self._p['audio_sample_format'].strip().upper()
+        name = self._p['audio_sample_format']
         if not name:
             return None
         return RawAudioFormat(self._p['audio_sample_rate'], self._p['audio_channels'], name, 'wave')
