@@ -90,6 +90,8 @@ class NodeInputs:
     _audio_kind: str | None
     _raw_gate: RawAudioGate
     _camera_infos: CameraInfoStore
+    _audio_info_cls: type
+    _latched_info_sub: Any
 
     # ------------------------------------------------------------------ subscriptions
     def _subscribe_image(self) -> None:
@@ -171,26 +173,41 @@ class NodeInputs:
             f'{self._p["audio_qos"]}: {qos.reliability.name.lower()}, depth {qos.depth})')
 
     def _explicit_raw_format(self) -> RawAudioFormat | None:
-        name = self._p['audio_sample_format'].strip().upper()
+        name = self._p['audio_sample_format']
         if not name:
             return None
         return RawAudioFormat(self._p['audio_sample_rate'], self._p['audio_channels'], name, 'wave')
 
     def _subscribe_audio_info(self, info_cls: type) -> None:
-        """Two subscriptions, because no single QoS gets both kinds of publisher: a transient-local
-        one receives the AudioInfo a latched publisher sent before we joined (but cannot match a
-        volatile publisher), a best-effort volatile one matches every publisher from now on.
-        Repeats of the same format change nothing."""
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        # A volatile publisher is expected to be refused by the latched subscription: no warning.
-        quiet = SubscriptionEventCallbacks(incompatible_qos=lambda _event: None)
-        self._input_subs.append(self.create_subscription(
-            info_cls, params.TOPIC_AUDIO_INFO, self._on_audio_info, latched,
-            callback_group=self._input_group, event_callbacks=quiet))
+        """A best-effort volatile subscription, which matches every publisher; and, once a latched
+        (transient local) publisher is seen, a transient-local one, which alone receives what
+        that publisher sent before we joined. It is never made for volatile publishers: they
+        cannot match it and would log an incompatible-QoS warning (audio_capture does)."""
+        self._audio_info_cls = info_cls
+        self._latched_info_sub = None
         self._input_subs.append(self.create_subscription(
             info_cls, params.TOPIC_AUDIO_INFO, self._on_audio_info,
             params.qos_profile('best_effort', 10), callback_group=self._input_group))
+        self._watch_latched_audio_info()
+        self._activation_timers.append(self.create_timer(
+            1.0, self._watch_latched_audio_info, callback_group=self._input_group))
+
+    def _watch_latched_audio_info(self) -> None:
+        if self._latched_info_sub is not None:
+            return
+        topic = self.resolve_topic_name(params.TOPIC_AUDIO_INFO)
+        if not any(info.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
+                   and info.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+                   for info in self.get_publishers_info_by_topic(topic)):
+            return
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        # A volatile publisher next to the latched one cannot match it: expected, no warning.
+        quiet = SubscriptionEventCallbacks(incompatible_qos=lambda _event: None)
+        self._latched_info_sub = self.create_subscription(
+            self._audio_info_cls, params.TOPIC_AUDIO_INFO, self._on_audio_info, latched,
+            callback_group=self._input_group, event_callbacks=quiet)
+        self._input_subs.append(self._latched_info_sub)
 
     # ------------------------------------------------------------------ callbacks
     def _now(self) -> float:

@@ -27,7 +27,7 @@ def descriptor(spec: ParamSpec) -> Any:
             result.floating_point_range = [FloatingPointRange(
                 from_value=float(spec.range[0]), to_value=float(spec.range[1]), step=0.0)]
     if spec.choices:
-        result.additional_constraints = 'one of: ' + ', '.join(spec.choices)
+        result.additional_constraints = 'one of: ' + spec.choice_list
     if spec.type_name == 'string[]':
         # An empty default cannot carry the string-array type, so the type is checked by validate().
         result.type = ParameterType.PARAMETER_STRING_ARRAY

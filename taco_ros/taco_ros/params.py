@@ -95,7 +95,7 @@ TOPICS: list[TopicSpec] = [
       'audio_qos (sensor_data, depth audio_qos_depth)',
       'microphone chunks; type chosen by audio_msg_type (auto: the type on the topic)'),
     T(TOPIC_AUDIO_INFO, 'audio_common_msgs/AudioInfo (ros-drivers)', 'sub',
-      'reliable + transient_local (latched), and best effort (volatile publishers)',
+      'best effort; and reliable + transient_local once a latched publisher appears',
       'format of ros-drivers AudioData(Stamped); until it (or audio_sample_format) is known, '
       'chunks are held (a few seconds)', 'audio_msg_type audio_data / audio_data_stamped'),
     T(TOPIC_MASK, 'sensor_msgs/Image (mono8 or mono16)', 'pub', RELIABLE_OUT,
@@ -192,6 +192,11 @@ class ParamSpec:
         return self.applies == 'startup'
 
     @property
+    def choice_list(self) -> str:
+        """The choices, comma-separated ("" written as such)."""
+        return ', '.join(choice or '""' for choice in self.choices or ())
+
+    @property
     def type_name(self) -> str:
         if isinstance(self.default, bool):
             return 'bool'
@@ -208,7 +213,7 @@ class ParamSpec:
         if change_note and self.applies != 'live':
             text += ' ' + APPLIES_NOTE[self.applies]
         if self.choices:
-            text += ' One of: ' + ', '.join(self.choices) + '.'
+            text += ' One of: ' + self.choice_list + '.'
         return text
 
 
@@ -285,9 +290,9 @@ PARAMETERS: list[ParamSpec] = [
       'and of ros-drivers audio while audio_sample_format is set and no audio_info has arrived.',
       'inputs', range=(1, 64)),
     P('audio_sample_format', '', 'ros-drivers AudioData(Stamped) only: "" holds the chunks (a few '
-      'seconds) until audio_info says how to read them; a GStreamer sample format (S16LE, S32LE, '
-      'F32LE, S24LE, U8, ...) decodes them at once as raw PCM with audio_sample_rate and '
-      'audio_channels, until an audio_info says otherwise.', 'inputs', applies='activate'),
+      'seconds) until audio_info says how to read them; a GStreamer sample format decodes them at '
+      'once as raw PCM with audio_sample_rate and audio_channels, until an audio_info says '
+      'otherwise.', 'inputs', applies='activate', choices=('', *SAMPLE_FORMATS)),
     P('audio_channel', -1, 'Channel used from multi-channel audio; -1 averages all channels.',
       'inputs', range=(-1, 63)),
     P('max_image_pixels', 16_777_216, 'Frames with more pixels are refused (and reported).',
@@ -445,13 +450,9 @@ def validate(name: str, value: Any, node: str = NODE_NAME) -> str | None:
     if spec.range is not None and not spec.range[0] <= value <= spec.range[1]:
         return f'{name}={value} is outside [{spec.range[0]}, {spec.range[1]}]'
     if spec.choices is not None and value not in spec.choices:
-        return f'{name}={value!r} is not one of {", ".join(spec.choices)}'
+        return f'{name}={value!r} is not one of {spec.choice_list}'
     if node == NODE_NAME and name == 'device':
         return check_device(value)
-    if node == NODE_NAME and name == 'audio_sample_format' and value.strip():
-        if value.strip().upper() not in SAMPLE_FORMATS:
-            return (f'audio_sample_format={value!r} is not a raw sample format; use "" (wait for '
-                    f'audio_info) or one of {", ".join(SAMPLE_FORMATS)}')
     if spec.type_name == 'string[]':
         return validate_vocabulary(value)
     return None

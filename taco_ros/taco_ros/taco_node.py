@@ -106,6 +106,7 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
         self._pipeline: TacoPipeline | None = None
         self._policy: WindowPolicy[FrameMsg] = WindowPolicy(max_frames=MAX_FRAMES)
         self._raw_gate = RawAudioGate()
+        self._latched_info_sub: Any = None
         self._camera_infos = CameraInfoStore()
         self._audio_kind: str | None = None
         self._outputs: dict[str, Any] = {}
@@ -269,6 +270,7 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
         for subscription in self._input_subs:
             self.destroy_subscription(subscription)
         self._input_subs = []
+        self._latched_info_sub = None
         self._audio_kind = None
 
     def _release_everything(self) -> None:

@@ -44,6 +44,7 @@ def run_node_peer(workspace: str, role: str, base: dict[str, Any]) -> dict[str, 
         [str(PEERS), role, json.dumps({'base': base})], ROLE_TIMEOUT_S, **dds_env())
     report = json.loads(result.stdout.strip().splitlines()[-1])
     report['log'] = result.stderr[-6000:]     # the node's log, shown when a scenario failed
+    report['incompatible_qos_warnings'] = result.stderr.count('incompatible QoS')
     return report
 
 
@@ -90,6 +91,8 @@ def test_audio_before_a_volatile_audio_info_is_held_and_reported(ros_drivers: di
     windows = exact_windows(facts, 48000, 2)
     assert windows[0]['start'] < 0.28      # its audio was all sent before the AudioInfo
     assert facts['counts'].get('held_audio_dropped', 0) == 0
+    # The latched audio_info subscription cannot match this volatile publisher, silently.
+    assert ros_drivers['incompatible_qos_warnings'] == 0, ros_drivers['log']
 
 
 def test_held_headerless_chunks_keep_their_receipt_times(ros_drivers: dict) -> None:

@@ -82,6 +82,10 @@ def test_declared_descriptors_match_the_table(shared: NodeHarness) -> None:
     ('vocabulary', 'dog', 'list of words'),         # was taken as the words 'd', 'o', 'g'
     ('vocabulary', [1, 2], 'non-empty strings'),    # was taken as the words '1', '2'
     ('window_queue', -1, 'out of range'),
+    ('solver_threads', 257, 'out of range'),
+    ('mask_encoding', 'semantic', 'not one of'),
+    ('audio_sample_format', 'mp3', 'not one of'),
+    ('audio_sample_format', 'S16LE', 'applied at activate'),
 ])
 def test_bad_parameter_values_are_refused_with_a_reason(shared: NodeHarness, name: str, value: Any,
                                                          reason: str) -> None:
