@@ -188,6 +188,7 @@ def calibrate(args: argparse.Namespace) -> dict:
         depths: dict[str, list[float]] = {'source': [], 'other': []}
         outcomes: dict[str, int] = {}
         split, distinct = [], []
+        profile_depths: dict[str, list[float]] = {'source': [], 'other': []}
         for problems, results, _ in solved.values():
             for problem, result in zip(problems, results, strict=True):
                 trace: list[Candidate] = []
@@ -198,8 +199,9 @@ def calibrate(args: argparse.Namespace) -> dict:
                     if candidate.outcome in ('object', 'merged', 'cap'):
                         depths[cls].append(candidate.depth)
                 _merge_stats(problem, result, split, distinct)
+                _profile_depths(problem, result, profile_depths)
         summary[profile] = {'depths': depths, 'threshold': _threshold(depths), 'outcomes': outcomes,
-                            'split_masks': split, 'distinct_masks': distinct}
+                            'split_masks': split, 'distinct_masks': distinct, 'ce_profile': profile_depths}
         _print_calibration(profile, summary[profile])
     pooled = {cls: [d for numbers in summary.values() for d in numbers['depths'][cls]]
               for cls in ('source', 'other')}
@@ -220,6 +222,10 @@ def _print_calibration(profile: str, numbers: dict) -> None:
     seeds = f'{CALIBRATION_SEEDS.start}-{CALIBRATION_SEEDS.stop - 1}'
     print(f'\nCalibration, {profile} profile (seeds {seeds}, all scenes)')
     print(f'  candidates beyond k* by outcome at depth 0: {numbers["outcomes"]}')
+    for cls, values in numbers['ce_profile'].items():
+        q = np.percentile(values, [0, 50, 90, 100]) if values else [np.nan] * 4
+        print(f'  solver CE profile, median - CE_I[k] of non-k* {cls:<6} factors (n={len(values):3d}): '
+              f'min {q[0]:.3f}  median {q[1]:.3f}  p90 {q[2]:.3f}  max {q[3]:.3f}')
     for cls, values in numbers['depths'].items():
         q = np.percentile(values, [0, 10, 50, 90, 100]) if values else [np.nan] * 5
         print(f'  match depth of agreeing {cls:<6} factors (n={len(values):3d}): min {q[0]:.3f}  '
@@ -235,6 +241,17 @@ def _print_calibration(profile: str, numbers: dict) -> None:
             column = [v[index] for v in values]
             print(f'  coarse masks, {name} (n={len(values)}): {measure} min {min(column):.2f} '
                   f'median {statistics.median(column):.2f} max {max(column):.2f}')
+
+
+def _profile_depths(problem: MultiProblem, result: CoNMFResult, out: dict[str, list[float]]) -> None:
+    """The solver's own evidence: median(CE_I) − CE_I[k] of the factors k ≠ k* that cover a visible source
+    (IoU >= 0.5) and of those that cover none (IoU < 0.2)."""
+    ce = result.image_ce.detach().cpu()
+    median = float(ce.sort().values[(len(ce) - 1) // 2:len(ce) // 2 + 1].mean())
+    for k in range(len(ce)):
+        best, _ = _covered_source(problem, result, k)
+        if k != result.k_star and (best >= 0.5 or best < 0.2):
+            out['source' if best >= 0.5 else 'other'].append(median - float(ce[k]))
 
 
 def _merge_stats(problem: MultiProblem, result: CoNMFResult, split: list, distinct: list) -> None:
