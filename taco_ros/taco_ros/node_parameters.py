@@ -156,15 +156,4 @@ class NodeParameters:
 
     def pipeline_config(self) -> PipelineConfig:
         """The PipelineConfig the current parameters describe."""
-        p = self._p
-        return PipelineConfig(
-            model_config=p['model_config'], model_dir=p['model_dir'] or None,
-            device=p['device'], precision=p['precision'], mode=p['mode'],
-            anchors=p['anchors'] or None, vocabulary=p['vocabulary'] or None,
-            solver_profile=p['solver_profile'],
-            solver_overrides=self._pipeline_options({'solver_max_steps': p['solver_max_steps']})[
-                'solver_overrides'],
-            mask_threshold=p['mask_threshold'], min_component_area=p['min_component_area'],
-            top_k=p['top_k'], audio_context=p['audio_context'], resize=p['resize'],
-            allow_random_weights=p['allow_random_weights'], seed=p['seed'],
-            silence_rms=p['silence_rms'], solver_threads=p['solver_threads'])
+        return params.pipeline_config(self._p)

@@ -553,3 +553,22 @@ def qos_profile(name: str, depth: int) -> Any:
     else:
         raise ValueError(f'unknown QoS profile {name!r}; expected one of {QOS_PROFILES}')
     return profile
+
+
+def pipeline_config(values: dict[str, Any], *, keep_text_encoders: bool = True) -> Any:
+    """The PipelineConfig that taco_node's parameter values describe: the one mapping, used by the
+    node and by offline replay (which never changes the vocabulary, so it may drop the text encoders)."""
+    from taco_ros.core.contract import PipelineConfig
+
+    steps = int(values['solver_max_steps'])
+    return PipelineConfig(
+        model_config=values['model_config'], model_dir=values['model_dir'] or None,
+        device=values['device'], precision=values['precision'], mode=values['mode'],
+        anchors=values['anchors'] or None, vocabulary=list(values['vocabulary']) or None,
+        solver_profile=values['solver_profile'],
+        solver_overrides={'max_steps': steps} if steps > 0 else {},
+        mask_threshold=values['mask_threshold'], min_component_area=values['min_component_area'],
+        top_k=values['top_k'], audio_context=values['audio_context'], resize=values['resize'],
+        allow_random_weights=values['allow_random_weights'], seed=values['seed'],
+        silence_rms=values['silence_rms'], solver_threads=values['solver_threads'],
+        keep_text_encoders=keep_text_encoders)

@@ -132,16 +132,4 @@ def node_parameters(params_file: str | os.PathLike | None = None,
 def pipeline_config(values: dict[str, Any], *, keep_text_encoders: bool = False) -> Any:
     """The PipelineConfig that taco_node builds from these parameter values (the node keeps its
     text encoders for set_vocabulary; a replay never changes the vocabulary, so by default not)."""
-    from taco_ros.core.contract import PipelineConfig
-
-    steps = int(values['solver_max_steps'])
-    return PipelineConfig(
-        model_config=values['model_config'], model_dir=values['model_dir'] or None,
-        device=values['device'], precision=values['precision'], mode=values['mode'],
-        anchors=values['anchors'] or None, vocabulary=list(values['vocabulary']) or None,
-        solver_profile=values['solver_profile'],
-        solver_overrides={'max_steps': steps} if steps > 0 else {},
-        mask_threshold=values['mask_threshold'], min_component_area=values['min_component_area'],
-        top_k=values['top_k'], audio_context=values['audio_context'], resize=values['resize'],
-        allow_random_weights=values['allow_random_weights'], seed=values['seed'],
-        silence_rms=values['silence_rms'], keep_text_encoders=keep_text_encoders)
+    return params.pipeline_config(values, keep_text_encoders=keep_text_encoders)
