@@ -137,6 +137,8 @@ def bench_node(args: argparse.Namespace, bank: Path) -> dict[str, float]:
                  'solver_profile': args.profile, 'audio_msg_type': 'taco'}
     if args.model_dir:
         overrides['model_dir'] = args.model_dir
+    if getattr(args, 'hop_sec', None):
+        overrides['hop_sec'] = float(args.hop_sec)   # bench_gpu.py: 10 windows per second
     node = TacoNode(context=context, parameter_overrides=[
         Parameter(k, value=v) for k, v in overrides.items()])
     peer = Node('bench_peer', context=context)
