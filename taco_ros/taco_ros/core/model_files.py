@@ -406,7 +406,7 @@ def _extra_safe_globals() -> list[Any]:
     import importlib
 
     import numpy as np
-    # numpy 2 moved numpy.core to numpy._core; numpy 1.26 has a numpy._core stub without multiarray.
+    # numpy 2 moved numpy.core to numpy._core; numpy 1.26 has a numpy._core package without multiarray.
     try:
         multiarray = importlib.import_module('numpy._core.multiarray')
     except ImportError:
