@@ -47,6 +47,9 @@ def _start_node(tmp_path: Path, model_config: Path) -> subprocess.Popen:
                '-p', f'model_config:={model_config}', '-p', 'allow_random_weights:=true',
                '-p', 'device:=cpu', '-p', 'image_qos:=reliable', '-p', 'audio_qos:=reliable',
                '-p', f'vocabulary:=[{words}]',
+               # Lock-step: every due window is processed in order, however busy the machine is
+               # (the live default drops the windows it cannot reach in time).
+               '-p', 'window_queue:=16',
                '-r', 'image:=/camera/image_raw', '-r', 'audio:=/audio']
     env = dict(os.environ, **isolate_dds(), XDG_CACHE_HOME=str(tmp_path / 'cache'))
     env.pop('TACO_MODEL_DIR', None)
