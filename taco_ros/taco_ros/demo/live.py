@@ -50,8 +50,9 @@ def taco_node_command(overrides: dict[str, Any], image_topic: str, audio_topic: 
     camera = image_topic[:-len('/compressed')] if compressed else image_topic
     overrides = {
         **overrides, 'image_transport': 'compressed' if compressed else 'raw',
-        # Replay is lossless here: keep every frame and chunk of the bag.
-        'image_qos': 'reliable', 'audio_qos': 'reliable',
+        # Replay is lossless here: keep every frame and chunk of the bag, and process every due
+        # window in order (lock-step) instead of only the newest one, however slow the machine.
+        'image_qos': 'reliable', 'audio_qos': 'reliable', 'window_queue': 16,
     }
     command = [str(taco_node_executable()), '--ros-args', '--params-file',
                str(default_params_file())]
