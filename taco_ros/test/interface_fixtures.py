@@ -126,23 +126,24 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _build_env() -> dict[str, str]:
-    prefixes = [str(VENV)] + [str(p) for p in sorted((REPO / 'install').glob('*'))
-                              if (p / 'share').is_dir()]
+    """The sourced ROS environment of the running tests (the .venv's wheels on the Kilted lane, the
+    /opt/ros stand-in and the workspace on the Jazzy lane), plus the repository's own install/."""
     env = dict(os.environ)
-    env.update(CMAKE_PREFIX_PATH=os.pathsep.join(prefixes),
-               AMENT_PREFIX_PATH=os.pathsep.join(prefixes),
-               PATH=os.pathsep.join([str(VENV / 'bin'), env.get('PATH', '')]),
-               VIRTUAL_ENV=str(VENV))
+    inherited = [p for p in env.get('AMENT_PREFIX_PATH', '').split(os.pathsep) if p]
+    own = [str(p) for p in sorted((REPO / 'install').glob('*')) if (p / 'share').is_dir()]
+    prefixes = list(dict.fromkeys(([str(VENV)] if VENV.is_dir() else []) + own + inherited))
+    env.update(CMAKE_PREFIX_PATH=os.pathsep.join(prefixes), AMENT_PREFIX_PATH=os.pathsep.join(prefixes),
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get('PATH', '')]))
     return env
 
 
 def _build(package: Path, root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
     shutil.copytree(package, root / 'src' / package.name)
-    command = [str(VENV / 'bin' / 'colcon'), '--log-base', str(root / 'log'), 'build',
+    command = [sys.executable, '-m', 'colcon', '--log-base', str(root / 'log'), 'build',
                '--base-paths', str(root / 'src'), '--build-base', str(root / 'build'),
                '--install-base', str(root / 'install'), '--event-handlers', 'console_cohesion-',
-               '--cmake-args', f'-DPython3_EXECUTABLE={VENV / "bin" / "python"}',
+               '--cmake-args', f'-DPython3_EXECUTABLE={sys.executable}',
                '-DBUILD_TESTING=OFF']
     started = time.monotonic()
     result = subprocess.run(command, capture_output=True, text=True, env=_build_env(),
