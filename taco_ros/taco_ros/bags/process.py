@@ -262,7 +262,9 @@ class BagProcessor:
             report.last_error = f'window at {job.end:.3f} s: {type(exc).__name__}: {exc}'
             return
         header = job.frame.header
-        messages = outputs.window_messages(result, header, job.window)
+        # The node's own call: class ids and the mask encoding as the robot's parameters say.
+        messages = outputs.window_messages(result, header, job.window, pipeline.vocabulary,
+                                           self.values['mask_encoding'])
         self.writer.write_message('mask', log_ns, messages.mask)
         self.writer.write_message('objects', log_ns, messages.objects)
         self.writer.write_message('audio_activation', log_ns, messages.activation)
