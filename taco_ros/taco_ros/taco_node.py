@@ -351,6 +351,11 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
                                 result.sounding, time.monotonic())
         if result.random_weights:
             self.get_logger().warning(RANDOM_WEIGHTS_WARNING, throttle_duration_sec=THROTTLE_SEC)
+        if result.solver_backoffs:
+            self._stats.add('solver_backoffs', result.solver_backoffs)
+            self.get_logger().warning(
+                f'co-NMF objective went non-finite; the step size was backed off '
+                f'{result.solver_backoffs} time(s) and the window kept', throttle_duration_sec=THROTTLE_SEC)
 
     def _decode_frame(self, msg: FrameMsg) -> np.ndarray:
         if isinstance(msg, CompressedImage):

@@ -7,6 +7,7 @@ image tokens, 64×768 audio tokens) with a smaller CLAP space and bank (D_P = 25
 
 from __future__ import annotations
 
+import math
 import statistics
 
 import pytest
@@ -586,6 +587,22 @@ def test_inputs_on_different_devices_are_rejected() -> None:
 
 
 def test_divergence_is_reported_not_returned() -> None:
+    """Six back-offs of 10x cannot tame lr=1e30: the window fails with the reason."""
     x_image, x_audio, bank = tiny_problem(8, batch=1)
-    with pytest.raises(RuntimeError, match='non-finite'):
-        solve(x_image[0], x_audio[0], bank, CoNMFConfig.paper(K=3, max_steps=5, lr=1e30))
+    with pytest.raises(RuntimeError, match=f'non-finite .* {conmf.MAX_BACKOFFS} back-off'):
+        solve(x_image[0], x_audio[0], bank, CoNMFConfig.paper(K=3, max_steps=200, lr=1e30))
+
+
+@pytest.mark.parametrize('optimizer', ['gd', 'adam'])
+def test_a_non_finite_step_is_undone_and_the_solve_goes_on(optimizer: str) -> None:
+    """lr=1e20 makes the objective non-finite within a few steps (it raised before): the solver goes
+    back to the last finite point with a smaller step, reports it, and returns a finite result."""
+    x_image, x_audio, bank = tiny_problem(8, batch=1)
+    config = CoNMFConfig.paper(K=3, max_steps=200, lr=1e20, optimizer=optimizer)
+    result = solve(x_image[0], x_audio[0], bank, config)
+    assert result.lr_backoffs >= 1 and result.steps == 200
+    assert math.isfinite(result.objective)
+    for tensor in (result.image_factors, result.audio_factors, result.image_logits):
+        assert bool(torch.isfinite(tensor).all())
+    calm = solve(x_image[0], x_audio[0], bank, CoNMFConfig.paper(K=3, max_steps=200))
+    assert calm.lr_backoffs == 0

@@ -399,6 +399,7 @@ class CoNMFResult:
     cold_start, cold_reason, warm_error_ratio: how the unknowns were initialised (the ratio is the
         scene-change statistic, None when no warm start was tried).
     steps, converged: steps taken and whether early stopping ended the run; time_s: wall time of the solve.
+    lr_backoffs: how often a non-finite objective was undone and the step size divided by LR_BACKOFF.
     """
 
     image_activations: Tensor
@@ -424,6 +425,7 @@ class CoNMFResult:
     audio_fit: float
     warm_error_ratio: float | None = None
     time_s: float = 0.0
+    lr_backoffs: int = 0
 
     @property
     def label(self) -> str:
@@ -701,16 +703,25 @@ class _Optimizer:
         param.sub_(self.scales[i] * (lr / (1 - beta1 ** self.count)) * first / denom)
 
 
+# A step that makes L non-finite (too large a step for this window: very large vocabularies make the CE
+# terms steep) is undone: the unknowns go back to the last finite point, the optimiser's moments restart and
+# the step size is divided by LR_BACKOFF. After MAX_BACKOFFS such recoveries the window fails.
+LR_BACKOFF = 10.0
+MAX_BACKOFFS = 6
+
+
 def _run(data: _Data, unknowns: list[Tensor], config: CoNMFConfig, chain: bool,
-         anchors: _Temporal | None) -> tuple[_Terms, int, bool]:
-    """Optimise in place; returns the last forward's terms, the steps taken and whether it stopped early."""
+         anchors: _Temporal | None) -> tuple[_Terms, int, bool, int]:
+    """Optimise in place; returns the last forward's terms, the steps taken, whether it stopped early
+    and how many times the step size was backed off after a non-finite objective."""
     scales = [_rms(data.x_image, data.sq_image), _rms(data.x_audio, data.sq_audio)]
     optimizer = _Optimizer(config, unknowns, scales)
+    finite = [u.detach().clone() for u in unknowns]     # the last point where L was finite
     previous: Tensor | None = None
-    calm = 0
+    calm = backoffs = 0
     terms: _Terms | None = None
     for step in range(config.max_steps):
-        lr = config.lr * config.lr_decay ** (step // config.lr_decay_every)
+        lr = config.lr * config.lr_decay ** (step // config.lr_decay_every) / LR_BACKOFF ** backoffs
         terms, grads = _value_and_grad(data, unknowns, config, chain, anchors)
         flags = [torch.isfinite(terms.total).all()]
         if previous is not None and config.tol > 0:
@@ -718,15 +729,40 @@ def _run(data: _Data, unknowns: list[Tensor], config: CoNMFConfig, chain: bool,
             flags.append((change < config.tol).all())
         flags = torch.stack(flags).tolist()  # one host sync per step
         if not flags[0]:
-            raise RuntimeError(f'co-NMF objective became non-finite at step {step} (lr={lr}); lower the lr')
+            if step == 0 or backoffs == MAX_BACKOFFS:
+                raise RuntimeError(f'co-NMF objective became non-finite at step {step} (lr={lr:g}, '
+                                   f'{backoffs} back-off(s)); lower the lr')
+            backoffs += 1
+            with torch.no_grad():
+                for unknown, saved in zip(unknowns, finite, strict=True):
+                    unknown.copy_(saved)
+            optimizer = _Optimizer(config, unknowns, scales)
+            previous, calm = None, 0
+            continue
         if len(flags) > 1:
             calm = calm + 1 if flags[1] else 0
         previous = terms.total
+        with torch.no_grad():
+            for unknown, saved in zip(unknowns, finite, strict=True):
+                saved.copy_(unknown)
         optimizer.step(grads, lr)
         if config.tol > 0 and calm >= config.patience and step + 1 >= config.min_steps:
-            return terms, step + 1, True
+            _undo_a_non_finite_update(unknowns, finite)
+            return terms, step + 1, True, backoffs
     assert terms is not None
-    return terms, config.max_steps, False
+    if backoffs and not bool(torch.isfinite(terms.total).all()):
+        raise RuntimeError(f'co-NMF objective was non-finite at the last step ({backoffs} back-off(s))')
+    _undo_a_non_finite_update(unknowns, finite)
+    return terms, config.max_steps, False, backoffs
+
+
+def _undo_a_non_finite_update(unknowns: list[Tensor], finite: list[Tensor]) -> None:
+    """No forward pass checks the last update: undo it if it left a non-finite unknown (the returned
+    terms were computed at the point it started from, the one ``finite`` holds)."""
+    with torch.no_grad():
+        if not bool(torch.stack([torch.isfinite(u).all() for u in unknowns]).all()):
+            for unknown, saved in zip(unknowns, finite, strict=True):
+                unknown.copy_(saved)
 
 
 def _rms(x: Tensor, squared_norms: Tensor) -> Tensor:
@@ -983,12 +1019,12 @@ def _solve(x_image: Tensor, x_audio: Tensor, bank: AnchorBank, config: CoNMFConf
     unknowns, cold, reason, ratio = _initial_unknowns(data, config, previous)
     anchors = _temporal_anchors(data, config, previous, reason)
     run_config = replace(config, tol=config.cold_tol) if cold and config.cold_tol is not None else config
-    terms, steps, converged = _run(data, unknowns, run_config, chain, anchors)
+    terms, steps, converged, backoffs = _run(data, unknowns, run_config, chain, anchors)
     if data.x_image.is_cuda:
         torch.cuda.synchronize(data.x_image.device)
     elapsed = time.perf_counter() - started
     start = (cold, reason, ratio)
-    return _results(data, bank, config, unknowns, terms, (steps, converged, elapsed), start)
+    return _results(data, bank, config, unknowns, terms, (steps, converged, elapsed, backoffs), start)
 
 
 def _temporal_anchors(data: _Data, config: CoNMFConfig, previous: list[CoNMFResult] | None,
@@ -1008,8 +1044,9 @@ def _temporal_anchors(data: _Data, config: CoNMFConfig, previous: list[CoNMFResu
 
 
 def _results(data: _Data, bank: AnchorBank, config: CoNMFConfig, unknowns: list[Tensor], terms: _Terms,
-             run: tuple[int, bool, float], start: tuple[bool, str, float | None]) -> list[CoNMFResult]:
-    steps, converged, elapsed = run
+             run: tuple[int, bool, float, int], start: tuple[bool, str, float | None]
+             ) -> list[CoNMFResult]:
+    steps, converged, elapsed, backoffs = run
     cold, reason, ratio = start
     w_image, w_audio, v_image, v_audio = unknowns
     confidence = sounding_confidence(terms.image_ce).tolist()
@@ -1034,5 +1071,5 @@ def _results(data: _Data, bank: AnchorBank, config: CoNMFConfig, unknowns: list[
             sounding=confidence[b] >= config.sounding_threshold, labels=labels, label_scores=scores,
             steps=steps, objective=float(terms.total[b]), objective_terms=parts, cold_start=cold,
             cold_reason=reason, converged=converged, image_fit=fit_image[b], audio_fit=fit_audio[b],
-            warm_error_ratio=ratio, time_s=elapsed))
+            warm_error_ratio=ratio, time_s=elapsed, lr_backoffs=backoffs))
     return results

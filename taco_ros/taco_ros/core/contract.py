@@ -209,6 +209,8 @@ class TacoResult:
     timings: milliseconds per stage (STAGES).
     score_map: float32 [H, W] soft map of k* (None when no map was computed).
     coarse_map: float32 [rows, cols] U_I[:, k*] on the token grid (None when the solver did not run).
+    solver_backoffs: times the solver undid a step whose objective was non-finite and continued with a
+        smaller step size (the window was kept).
     """
 
     mask: np.ndarray
@@ -230,3 +232,4 @@ class TacoResult:
     label_scores: list[float] = field(default_factory=list)
     cold_reason: str = ''
     coarse_map: np.ndarray | None = None
+    solver_backoffs: int = 0

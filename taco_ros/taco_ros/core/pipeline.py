@@ -275,7 +275,7 @@ class TacoPipeline:
             window_duration=window.duration, timings=timings, score_map=score_map,
             random_weights=self.random_weights, labels=list(result.labels),
             label_scores=[float(s) for s in result.label_scores], cold_reason=result.cold_reason,
-            coarse_map=token_grid(image_column, image.grid))
+            coarse_map=token_grid(image_column, image.grid), solver_backoffs=int(result.lr_backoffs))
 
     def _baseline(self, frame: np.ndarray, window: AudioWindow, config: PipelineConfig, bank: Any,
                   started: float) -> TacoResult:
