@@ -21,10 +21,10 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 INPUT_PROBLEMS = ('bad_images', 'zero_stamp_images', 'oversized_images', 'bad_audio',
                   'empty_audio', 'oversized_audio', 'refused_audio')
 # Counters shown in the inputs status, in this order.
-INPUT_COUNTERS = (*INPUT_PROBLEMS, 'refused_audio_chunks', 'held_audio_dropped',
-                  'audio_format_changes', 'unstamped_audio', 'audio_gaps', 'audio_gap_ms',
-                  'late_audio_chunks', 'dropped_audio_samples', 'stray_audio_samples',
-                  'unpaired_camera_info')
+INPUT_COUNTERS = ('images_received', 'audio_messages_received', *INPUT_PROBLEMS,
+                  'refused_audio_chunks', 'held_audio_dropped', 'audio_format_changes',
+                  'unstamped_audio', 'audio_gaps', 'audio_gap_ms', 'late_audio_chunks',
+                  'dropped_audio_samples', 'stray_audio_samples', 'unpaired_camera_info')
 # Window drop causes (WindowPolicy.drops) in the order they are reported.
 DROP_CAUSES = ('busy', 'no_frame', 'frame_evicted', 'expired', 'restart', 'unusable_frame')
 
@@ -213,6 +213,7 @@ def inference_status(node: NodeView, stats: NodeStats, policy: PolicyState, delt
         values[f'dropped windows ({cause.replace("_", " ")})'] = str(policy.drops.get(cause, 0))
     values.update({
         'forced cold starts': f'{counts.get("forced_cold_starts", 0):g}',
+        'solver step back-offs': f'{counts.get("solver_backoffs", 0):g}',
         'errors': f'{counts.get("errors", 0):g}',
         'last error': last_error,
         'window latency last (ms)': f'{latency[-1] * 1e3:.0f}' if latency else '',

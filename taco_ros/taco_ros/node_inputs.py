@@ -224,6 +224,7 @@ class NodeInputs:
         """Check the frame (no pixel copy) and store the message for pairing."""
         wall = time.monotonic()
         self._stats.image_rate.tick(wall)
+        self._stats.add('images_received')
         try:
             if isinstance(msg, CompressedImage):
                 conv.check_compressed(msg, self._p['max_image_pixels'])
@@ -274,6 +275,7 @@ class NodeInputs:
         """Decode one chunk and place it in the window policy by its capture stamp."""
         received = self._now()
         self._stats.audio_rate.tick(time.monotonic())
+        self._stats.add('audio_messages_received')
         if self._audio_kind in RAW_AUDIO_KINDS:
             size = len(conv.audio_data_bytes(msg))
             self._take_raw_audio(self._raw_gate.on_data(msg, size, received))

@@ -8,13 +8,15 @@ is tested.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -102,6 +104,15 @@ def make_frame(shape: tuple[int, int] = FRAME_SHAPE, seed: int = 0) -> np.ndarra
 def unique_domain_id() -> int:
     """A ROS_DOMAIN_ID for this test process (FastDDS allows 0..232), away from the default 0."""
     return 10 + os.getpid() % 200
+
+
+_modules_seen = itertools.count(1)
+
+
+def module_domain_id() -> int:
+    """A ROS_DOMAIN_ID for one test module's nodes, after the process's own: a node or peer that an
+    earlier module left behind (a slow shutdown, a peer process) never reaches this module's topics."""
+    return 10 + (os.getpid() + next(_modules_seen)) % 200
 
 
 def stamp_msg(seconds: float) -> Any:
@@ -320,8 +331,22 @@ class NodeHarness:
 
 
 class StreamPublisher:
-    """Publishes a camera stream (FPS) and a microphone stream (CHUNK at RATE) in real time, with
-    stamps on the node's clock, from a background thread."""
+    """Publishes a camera stream (FPS) and a microphone stream (CHUNK at RATE) with stamps on the
+    node's clock, from a background thread, at most as fast as real time.
+
+    The stream is paced by the node under test, so that a busy machine changes only how long it
+    takes, never what the node receives: at most MAX_AHEAD messages of a kind are published before
+    the node's callbacks have taken them (its sensor_data queues hold 5 frames and 50 chunks, and
+    a burst after the test process was descheduled overflowed them: the node then saw gaps that
+    the stream did not have). When the node does not take a kind at all (not subscribed to it),
+    pacing for that kind stops after FLOW_WAIT. Frames are published before the audio chunk
+    around them, as a camera and a microphone deliver them. ``t0`` + stream time is each stamp.
+    """
+
+    MAX_AHEAD: ClassVar[dict[str, int]] = {'images': 2, 'audio': 16}
+    RECEIVED: ClassVar[dict[str, str]] = {'images': 'images_received',
+                                          'audio': 'audio_messages_received'}
+    FLOW_WAIT = 15.0
 
     def __init__(self, harness: NodeHarness, image_pub: Any, audio_pub: Any,
                  make_image: Callable[[int, float], Any] | None = None,
@@ -339,43 +364,72 @@ class StreamPublisher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.t0 = 0.0               # node-clock time of the first message (stamps are t0 + offset)
-        self.start_monotonic = 0.0  # time.monotonic() at the same instant
+        self.position = 0.0         # stream time published so far
+        self._progress: list[tuple[float, float]] = []   # (time.monotonic(), stream time)
+        self._sent = {kind: 0 for kind in self.MAX_AHEAD}
+        self._base = {kind: 0 for kind in self.MAX_AHEAD}
+        self.unpaced: set[str] = set()       # kinds the node did not take within FLOW_WAIT
 
     def now(self) -> float:
         return self.harness.node.get_clock().now().nanoseconds * 1e-9
 
+    def _received(self, kind: str) -> float:
+        return self.harness.node._stats.counts.get(self.RECEIVED[kind], 0)
+
+    def _taken(self, kind: str) -> float:
+        """Messages of this kind the node's callbacks took since the stream started."""
+        return self._received(kind) - self._base[kind]
+
+    def _publish(self, kind: str, publisher: Any, msg: Any) -> None:
+        """Publish once the node has taken all but MAX_AHEAD of this kind's earlier messages."""
+        if kind not in self.unpaced:
+            deadline = time.monotonic() + self.FLOW_WAIT
+            while (self._sent[kind] - self._taken(kind) >= self.MAX_AHEAD[kind]
+                   and not self._stop.is_set()):
+                if time.monotonic() > deadline:
+                    self.unpaced.add(kind)
+                    break
+                time.sleep(0.002)
+        publisher.publish(msg)
+        self._sent[kind] += 1
+
     def run(self, seconds: float) -> None:
-        """Publish for ``seconds`` (blocking)."""
+        """Publish ``seconds`` of stream (blocking)."""
+        self._base = {kind: self._received(kind) for kind in self.MAX_AHEAD}
         self.t0 = self.now()
-        start = self.start_monotonic = time.monotonic()
+        start = time.monotonic()
         frame_i = chunk_i = 0
         while not self._stop.is_set():
-            elapsed = time.monotonic() - start
-            if elapsed > seconds:
+            position = chunk_i * CHUNK / RATE
+            if position > seconds:
                 break
-            while chunk_i * CHUNK / RATE <= elapsed:
-                stamp = self.t0 + chunk_i * CHUNK / RATE
-                msg = self.make_audio(chunk_i, stamp)
-                if msg is not None:
-                    self.audio_pub.publish(msg)
-                chunk_i += 1
-            while self.image_pub is not None and frame_i / FPS <= elapsed:
+            if position > time.monotonic() - start:     # never ahead of real time
+                time.sleep(0.004)
+                continue
+            while self.image_pub is not None and frame_i / FPS <= position + CHUNK / RATE:
                 stamp = self.t0 + frame_i / FPS
                 msg = self.make_image(frame_i, stamp)
                 if msg is not None:
-                    self.image_pub.publish(msg)
+                    self._publish('images', self.image_pub, msg)
                     self.frame_stamps.append(stamp)
                     self.frame_headers.append(msg.header)
                 frame_i += 1
-            time.sleep(0.004)
+            msg = self.make_audio(chunk_i, self.t0 + position)
+            if msg is not None:
+                self._publish('audio', self.audio_pub, msg)
+            chunk_i += 1
+            self.position = position + CHUNK / RATE
+            self._progress.append((time.monotonic(), self.position))
 
     def start(self, seconds: float) -> None:
         self._thread = threading.Thread(target=self.run, args=(seconds,), daemon=True)
         self._thread.start()
 
     def ros_time(self, monotonic: float) -> float:
-        """Node-clock time of a time.monotonic() reading taken during the stream."""
-        return self.t0 + (monotonic - self.start_monotonic)
+        """Stamp time the stream had reached at a time.monotonic() reading taken during it."""
+        times = [m for m, _ in self._progress]
+        i = bisect.bisect_right(times, monotonic)
+        return self.t0 + (self._progress[i - 1][1] if i else 0.0)
 
     def join(self) -> None:
         if self._thread is not None:
@@ -391,7 +445,7 @@ class StreamPublisher:
 @pytest.fixture(scope='module')
 def context() -> Any:
     saved = os.environ.get('ROS_DOMAIN_ID')
-    os.environ['ROS_DOMAIN_ID'] = str(unique_domain_id())
+    os.environ['ROS_DOMAIN_ID'] = str(module_domain_id())
     import rclpy
 
     ctx = rclpy.Context()

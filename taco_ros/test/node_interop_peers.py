@@ -21,6 +21,7 @@ import numpy as np
 import rclpy
 from node_fixtures import (
     CHUNK,
+    EVENT_TIMEOUT,
     RATE,
     WINDOW_TIMEOUT,
     NodeHarness,
@@ -249,11 +250,15 @@ def raw_headerless_held(context: Any, config: dict[str, Any]) -> dict[str, Any]:
         image_pub, audio_pub = _raw_publishers(harness, stamped=False)
         raw = RawStream(stamped=False)
         released: list[float] = []
+        received: list[float] = []    # the node's receipt times of the held chunks
         placed: list[tuple[float, float]] = []     # the buffered audio's span, after release
 
         def audio(c: int, t: float) -> Any:
             node = harness.node
             if c == 30:
+                harness.wait_for(lambda: node._raw_gate.held >= 30, 30.0)
+                with node._input_lock:
+                    received.extend(chunk.received for chunk in node._raw_gate._held)
                 released.append(node.get_clock().now().nanoseconds * 1e-9)
                 info_pub.publish(_info(48000, 2))
                 # released and placed: all 30 held chunks are in the buffer
@@ -265,7 +270,7 @@ def raw_headerless_held(context: Any, config: dict[str, Any]) -> dict[str, Any]:
 
         stream_for(harness, image_pub, audio_pub, lambda: len(spy.windows) >= 1, audio)
         return {**node_facts(harness), 'sent': raw.sent[:31], 'released': released[0],
-                'placed': placed, 'window_rates': [rate for _, rate, _ in spy.windows]}
+                'received': received, 'placed': placed, 'window_rates': [rate for _, rate, _ in spy.windows]}
     finally:
         harness.close()
 
@@ -334,12 +339,16 @@ def raw_refused_formats(context: Any, config: dict[str, Any]) -> dict[str, Any]:
 
         def audio(c: int, t: float) -> Any:
             if c == 40:
+                harness.wait_for(lambda: 'compressed' in harness.diagnostics_values('inputs').get(
+                    '__message__', ''), EVENT_TIMEOUT)
                 seen['mp3'] = (harness.node.raw_audio_state(), harness.node._stats.last_input_problem,
                                dict(harness.diagnostics_values('inputs')))
                 info_pub.publish(_info(16000, 1, sample_format='S20LE'))
             return raw.message(c, t, harness)
 
-        stream_for(harness, image_pub, audio_pub, lambda: False, audio, timeout=2.5)
+        stream = StreamPublisher(harness, image_pub, audio_pub, make_audio=audio)
+        stream.run(2.5)         # 2.5 s of stream, however long the machine takes for it
+        harness.wait_for(lambda: 'S20LE' in harness.node.raw_audio_state(), EVENT_TIMEOUT)
         seen['after'] = harness.node.raw_audio_state()
         return {**node_facts(harness), 'seen': seen, 'spied': len(spy.windows),
                 'chunks_sent': len(raw.sent)}

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+pytestmark = pytest.mark.robot
+
 REPO = Path(__file__).resolve().parents[2]
 SNAPSHOT = Path(__file__).parent / 'fixtures' / 'rosdep_snapshot.yaml'
 MANIFESTS = {name: REPO / name / 'package.xml' for name in ('taco_msgs', 'taco_ros')}

@@ -11,6 +11,8 @@ from bringup_fixtures import REPO, LaunchResolver, load_launch_description
 
 from taco_ros import params
 
+pytestmark = pytest.mark.robot
+
 RVIZ_FILE = REPO / 'taco_ros' / 'config' / 'taco.rviz'
 
 

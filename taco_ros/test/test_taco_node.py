@@ -213,8 +213,13 @@ def test_headerless_audio_types(shared: NodeHarness, kind: str, msg_type: Any) -
     unstamped = shared.node._stats.counts.get('unstamped_audio', 0)
     try:
         assert shared.wait_connected([image_pub, audio_pub])
-        stream = stream_until(shared, image_pub, audio_pub, windows=1, make_audio=lambda c, t:
-                              multiarray_msg(tone(CHUNK, c * CHUNK), kind))
+        # Headerless audio is stamped on receipt; the camera stamps its frames when it sends
+        # them too, so the two time lines agree even when the stream falls behind real time.
+        frame = make_frame()
+        stream = stream_until(
+            shared, image_pub, audio_pub, windows=1,
+            make_image=lambda i, t: image_msg(frame, shared.node.get_clock().now().nanoseconds * 1e-9),
+            make_audio=lambda c, t: multiarray_msg(tone(CHUNK, c * CHUNK), kind))
         assert shared.recorder.count('objects') >= 1
         # Receipt-time stamps: the window pairs with frames near its end, not exactly on it.
         for obj in shared.recorder.get('objects'):
