@@ -338,14 +338,16 @@ class StreamPublisher:
     takes, never what the node receives: at most MAX_AHEAD messages of a kind are published before
     the node's callbacks have taken them (its sensor_data queues hold 5 frames and 50 chunks, and
     a burst after the test process was descheduled overflowed them: the node then saw gaps that
-    the stream did not have). When the node does not take a kind at all (not subscribed to it),
-    pacing for that kind stops after FLOW_WAIT. Frames are published before the audio chunk
-    around them, as a camera and a microphone deliver them. ``t0`` + stream time is each stamp.
+    the stream did not have). A message the transport lost (best effort) is written off after
+    LOSS_WAIT without progress; a kind the node takes none of (not subscribed to it) is no longer
+    paced after FLOW_WAIT. Frames are published before the audio chunk around them, as a camera
+    and a microphone deliver them. ``t0`` + stream time is each stamp.
     """
 
-    MAX_AHEAD: ClassVar[dict[str, int]] = {'images': 2, 'audio': 16}
+    MAX_AHEAD: ClassVar[dict[str, int]] = {'images': 4, 'audio': 40}
     RECEIVED: ClassVar[dict[str, str]] = {'images': 'images_received',
                                           'audio': 'audio_messages_received'}
+    LOSS_WAIT = 5.0
     FLOW_WAIT = 15.0
 
     def __init__(self, harness: NodeHarness, image_pub: Any, audio_pub: Any,
@@ -369,6 +371,7 @@ class StreamPublisher:
         self._sent = {kind: 0 for kind in self.MAX_AHEAD}
         self._base = {kind: 0 for kind in self.MAX_AHEAD}
         self.unpaced: set[str] = set()       # kinds the node did not take within FLOW_WAIT
+        self.written_off = {kind: 0 for kind in self.MAX_AHEAD}    # presumed lost in transport
 
     def now(self) -> float:
         return self.harness.node.get_clock().now().nanoseconds * 1e-9
@@ -383,15 +386,25 @@ class StreamPublisher:
     def _publish(self, kind: str, publisher: Any, msg: Any) -> None:
         """Publish once the node has taken all but MAX_AHEAD of this kind's earlier messages."""
         if kind not in self.unpaced:
-            deadline = time.monotonic() + self.FLOW_WAIT
-            while (self._sent[kind] - self._taken(kind) >= self.MAX_AHEAD[kind]
-                   and not self._stop.is_set()):
-                if time.monotonic() > deadline:
-                    self.unpaced.add(kind)
-                    break
-                time.sleep(0.002)
+            self._wait_for_the_node(kind)
         publisher.publish(msg)
         self._sent[kind] += 1
+
+    def _wait_for_the_node(self, kind: str) -> None:
+        started = progress_at = time.monotonic()
+        taken = self._taken(kind)
+        while self._sent[kind] - taken >= self.MAX_AHEAD[kind] and not self._stop.is_set():
+            now = time.monotonic()
+            if taken == 0 and now - started > self.FLOW_WAIT:
+                self.unpaced.add(kind)
+                return
+            if taken > 0 and now - progress_at > self.LOSS_WAIT:
+                self.written_off[kind] += self._sent[kind] - taken
+                self._base[kind] -= self._sent[kind] - taken
+                return
+            time.sleep(0.002)
+            if self._taken(kind) != taken:
+                taken, progress_at = self._taken(kind), time.monotonic()
 
     def run(self, seconds: float) -> None:
         """Publish ``seconds`` of stream (blocking)."""
