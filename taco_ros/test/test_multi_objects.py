@@ -248,3 +248,28 @@ def test_max_objects_reaches_the_pipeline_from_the_node_parameters(tmp_path: Pat
     assert params.validate('max_objects', 5) is None and params.pipeline_config(values).max_objects == 5
     assert params.validate('max_objects', MAX_OBJECTS + 1) is not None
     assert params.PARAMETERS_BY_NAME['max_objects'].applies == 'live'
+
+
+def test_the_evaluation_scores_the_union_of_the_objects(two_sources: list, pipeline) -> None:
+    """eval --objects N (coarse protocol): the swept map is the maximum of the objects' token-grid maps and
+    the mask the union of their masks, larger than k*'s alone where a second source was found."""
+    from taco_ros.core.masks import coarse_score_map
+    from taco_ros.core.stages import mask_decision, token_grid
+    from taco_ros.eval.runner import union_prediction
+
+    config = PipelineConfig(mode='coarse', max_objects=3)
+    grown = 0
+    for problem, result in two_sources:
+        image, _ = _planted_tokens(problem, pipeline)
+        factors = select_sounding_factors(result, problem.bank, sounding_rule(config), grid=(24, 24))
+        output = union_prediction(pipeline.stages, config, problem.bank, FRAME, image, result, 'coarse')
+        grids = [token_grid(np.max([pipeline.stages.columns(result, k)[0] for k in f.factors], axis=0),
+                            (24, 24)) for f in factors]
+        np.testing.assert_array_equal(output.score, np.max(grids, axis=0))
+        np.testing.assert_array_equal(output.coarse, output.score)
+        masks = [mask_decision(coarse_score_map(g, FRAME[:2]), config).mask for g in grids]
+        np.testing.assert_array_equal(output.mask, np.any(masks, axis=0))
+        k_star_mask = mask_decision(coarse_score_map(grids[0], FRAME[:2]), config).mask
+        assert (output.mask[k_star_mask] == 1).all() and output.label == result.labels[0]
+        grown += int(output.mask.sum()) > int(k_star_mask.sum())
+    assert grown >= 2
