@@ -8,7 +8,8 @@
    batch over a video): the co-NMF → factors, activations, k*, labels;
 4. :meth:`~Stages.semantic_map` (FC-CLIP's map of k*) or :meth:`~Stages.coarse_map` (U_I[:, k*] on
    the token grid, upsampled); in the baseline, :meth:`~Stages.choose_word` replaces step 3;
-5. :func:`sounding_objects`: the mask decision (:func:`mask_decision`) and the box;
+5. :func:`sounding_objects`: the mask decision (:func:`mask_decision`) and the box; with several
+   objects, :func:`layered_objects` shares one mask out between their maps;
 6. :meth:`~Stages.timeline`: the activation of k* over the window's time axis.
 
 TacoPipeline.process composes them for the node; the evaluation calls the same methods, so there
