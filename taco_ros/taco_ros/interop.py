@@ -10,7 +10,8 @@ vision_msgs conventions followed:
   the vocabulary written as a decimal string, matching the ``class_id`` of ``LabelInfo``.
 * The box is the object's pixel box: ``center`` = (x + w/2, y + h/2) in pixel-edge coordinates
   (a box of ``w`` pixels starting at column ``x`` spans [x, x + w)), ``size`` = (w, h),
-  ``theta`` = 0. ``Detection2D.id`` is empty: objects are not tracked across windows.
+  ``theta`` = 0. ``Detection2D.id`` is the object's ``track_id`` as a decimal string (the same on
+  ``taco_msgs/SoundingObject``), empty when the object is not tracked.
 * ``score`` is the word's score as on ``taco_msgs/SoundingObject`` (CLIP similarity), so both
   topics report the same number.
 """
@@ -136,7 +137,8 @@ def detection_array(result: Any, vocabulary: Sequence[str], header: Any) -> Any:
 def _detection(msgs: Any, obj: Any, ids: dict[str, int], header: Any) -> Any:
     words = list(obj.top_labels) or [obj.label]
     scores = list(obj.top_scores) or [obj.score]
-    detection = msgs.Detection2D(header=header, id='')
+    track_id = int(getattr(obj, 'track_id', 0))
+    detection = msgs.Detection2D(header=header, id=str(track_id) if track_id else '')
     for word, score in zip(words, scores, strict=True):
         if word not in ids:
             raise ValueError(f'label {word!r} is not in the vocabulary published in LabelInfo')

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 # Parameters whose change goes to the pipeline (live).
 PIPELINE_PARAMETERS = ('mode', 'mask_threshold', 'min_component_area', 'top_k', 'audio_context',
-                       'silence_rms', 'solver_profile', 'solver_max_steps', 'solver_threads')
+                       'silence_rms', 'solver_profile', 'solver_max_steps', 'solver_threads',
+                       'max_objects')
 
 
 class NodeParameters:

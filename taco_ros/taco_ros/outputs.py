@@ -8,6 +8,10 @@ Class ids are vocabulary indices everywhere: ``~/label_info``, ``~/vision_label_
 ``class_id`` of ``~/detections`` (as a decimal string), the class mask and
 ``SoundingObject.class_id``. A label missing from the vocabulary (it changed while the window ran)
 gets :data:`UNLABELED`, vision_msgs' reserved uint16 id.
+
+Several objects (``max_objects`` > 1): one ``SoundingObject`` per object, each with its
+``mask_value`` (its pixels in ``~/mask``), ``class_id`` and ``track_id``. ``~/audio_activation``
+stays the activation of k*, the first object.
 """
 
 from __future__ import annotations
@@ -108,6 +112,7 @@ def object_message(obj: SoundingObjectResult, class_id: int = UNLABELED) -> Soun
     msg.bbox.x_offset, msg.bbox.y_offset, msg.bbox.width, msg.bbox.height = x, y, w, h
     if hasattr(msg, 'class_id'):    # taco_msgs before class_id was added lacks the field
         msg.class_id = int(class_id)
+    msg.track_id = int(obj.track_id)
     return msg
 
 

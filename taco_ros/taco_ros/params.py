@@ -26,6 +26,7 @@ from taco_ros.audio_formats import SAMPLE_FORMATS
 from taco_ros.core.contract import (
     AUDIO_CONTEXTS,
     CLAP_CONTEXT_SEC,
+    MAX_OBJECTS,
     MODES,
     PAIR_WITH,
     PRECISIONS,
@@ -254,6 +255,9 @@ PARAMETERS: list[ParamSpec] = [
     P('min_component_area', 0, 'Mask components smaller than this many pixels are removed.',
       'processing', range=(0, 100_000_000)),
     P('top_k', 5, 'Number of runner-up labels per object.', 'processing', range=(1, 50)),
+    P('max_objects', 1, "Most sounding objects per window: 1 = TACO's single sounding factor k*; more "
+      'adds each other co-NMF factor whose image and audio words agree (docs/method.md), each with '
+      'its own mask value, labels, box and track_id.', 'processing', range=(1, MAX_OBJECTS)),
     P('audio_context', 'tile', "CLAP input: 'tile' repeats the window to 7 s (TACO), 'history' "
       "uses the last 7 s of real audio.", 'processing', choices=AUDIO_CONTEXTS),
     P('silence_rms', 0.001, 'Windows whose RMS is below this are "nothing sounding" without '
@@ -568,7 +572,8 @@ def pipeline_config(values: dict[str, Any], *, keep_text_encoders: bool = True) 
         solver_profile=values['solver_profile'],
         solver_overrides={'max_steps': steps} if steps > 0 else {},
         mask_threshold=values['mask_threshold'], min_component_area=values['min_component_area'],
-        top_k=values['top_k'], audio_context=values['audio_context'], resize=values['resize'],
+        top_k=values['top_k'], max_objects=values['max_objects'],
+        audio_context=values['audio_context'], resize=values['resize'],
         allow_random_weights=values['allow_random_weights'], seed=values['seed'],
         silence_rms=values['silence_rms'], solver_threads=values['solver_threads'],
         keep_text_encoders=keep_text_encoders)

@@ -375,3 +375,60 @@ def test_paper_mode_needs_fcclip_and_coarse_mode_does_not(tiny, tiny_config, tmp
         assert output.coarse.shape == (4, 4) and output.score is output.coarse
         assert output.label in engine.vocabulary
         assert set(output.timings) == {'image_encoder', 'audio_encoder', 'conmf', 'segmenter', 'total'}
+
+
+# ------------------------------------------------------------------------------ several objects (MS3)
+def _engine_outputs(benchmark, tiny_config, mode: str, objects: int) -> list:
+    overrides = {'max_steps': 12, 'kmeans_restarts': 1, 'sounding_threshold': 0.0}
+    engine = rn.PipelineEngine(benchmark, mode=mode, model_config=tiny_config, device='cpu', seed=42,
+                               solver_overrides=overrides, allow_random_weights=True, objects=objects)
+    try:
+        unit = benchmark.samples[:2]
+        clips = [rn.Clip(*rn.load_audio(s.audio), start=float(i)) for i, s in enumerate(unit)]
+        return engine.run_video([benchmark.load_image(s) for s in unit], clips, temporal=False)
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize('mode', ['paper', 'coarse'])
+def test_several_objects_predict_the_union_of_their_masks(tiny, tiny_config, mode):
+    """k*'s map is one of the objects' maps (or a part of it, when factors merged), so the union's map is
+    at least k*'s everywhere and its mask holds k*'s mask; with one object the two runs are the same."""
+    benchmark = load_benchmark('ms3', tiny['ms3']['root'], limit=2)
+    single = _engine_outputs(benchmark, tiny_config, mode, 1)
+    union = _engine_outputs(benchmark, tiny_config, mode, 4)
+    for one, many in zip(single, union, strict=True):
+        assert one.label == many.label and many.score.shape == one.score.shape
+        assert (many.score >= one.score - 1e-6).all()
+        assert (many.mask >= one.mask).all() and set(np.unique(many.mask).tolist()) <= {0, 1}
+        assert (many.coarse >= one.coarse).all()
+
+
+def test_ms3_with_several_objects(tiny, tiny_config, tmp_path, capsys):
+    out = tmp_path / 'ms3_objects.json'
+    assert _eval('--benchmark', 'ms3', '--root', str(tiny['ms3']['root']), '--mode', 'paper', '--runs', '1',
+                 '--limit', '2', '--model-config', tiny_config, '--allow-random-weights', *FAST_SOLVER,
+                 '--objects', '3', '--output', str(out)) == 0
+    assert "note: 3 objects per frame: their masks' union, not one k*" in capsys.readouterr().out
+    summary = _load(out)
+    assert summary['settings']['objects'] == 3
+    assert {'miou', 'fscore', 'miou_u', 'fscore_u', 'miou_fixed'} <= set(summary['mean'])
+    # Streaming: the node's own path; the results hold no per-object token-grid map, so no *_u metrics.
+    assert _eval('--benchmark', 'ms3', '--root', str(tiny['ms3']['root']), '--mode', 'streaming',
+                 '--runs', '1', '--limit', '2', '--model-config', tiny_config, '--allow-random-weights',
+                 '--objects', '2', '--solver', 'max_steps=12', '--no-negative-audio',
+                 '--output', str(out)) == 0
+    summary = _load(out)
+    assert {'miou', 'fscore', 'miou_fixed'} == set(summary['mean'])
+    assert any('no token-grid map' in note for note in summary['notes'])
+
+
+@pytest.mark.parametrize(('args', 'message'), [
+    (('--benchmark', 'avss', '--objects', '2'), 'binary benchmarks only'),
+    (('--benchmark', 'ms3', '--mode', 'baseline', '--objects', '2'), 'the baseline has none'),
+    (('--benchmark', 'ms3', '--objects', '9'), 'objects must be an integer in [1, 8]'),
+])
+def test_several_objects_are_refused_where_they_mean_nothing(tiny, tiny_config, capsys, args, message):
+    root = tiny['avss' if 'avss' in args else 'ms3']['root']
+    assert _eval(*args, '--root', str(root), '--model-config', tiny_config, '--allow-random-weights') == 2
+    assert message in capsys.readouterr().err

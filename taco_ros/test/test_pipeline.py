@@ -26,7 +26,9 @@ from taco_ros.core.pipeline import (  # noqa: E402
     AudioWindow,
     PipelineConfig,
     TacoPipeline,
+    solver_config,
 )
+from taco_ros.core.stages import sounding_objects, token_grid  # noqa: E402
 
 STEPS = {'max_steps': 15}
 
@@ -147,6 +149,66 @@ def test_mask_follows_the_threshold(pipeline: TacoPipeline) -> None:
         pipeline.update(mode='full', solver_overrides=dict(STEPS), mask_threshold=0.5)
     assert (lower.mask > 0).sum() == (lower.score_map > threshold).sum()
     assert not none.mask.any() and none.objects == [] and none.sounding
+
+
+def _single_k_star_window(pipeline: TacoPipeline, frame: np.ndarray, window: AudioWindow, previous):
+    """One window as TacoPipeline.process composed it before ``max_objects`` existed (its k* alone), from
+    the same stages: the reference that max_objects = 1 must reproduce exactly."""
+    stages, config = pipeline.stages, pipeline.config
+    image = stages.encode_frame(frame)
+    audio = stages.encode_audio(window.samples, window.sample_rate, context=config.audio_context)
+    result = stages.solve(image, audio, pipeline.bank, solver_config(config), previous)
+    k = int(result.k_star)
+    image_column, audio_column = stages.columns(result, k)
+    score_map = None
+    if result.sounding or config.always_segment:
+        if config.mode == 'coarse':
+            score_map = stages.coarse_map(image_column, image, frame.shape)
+        else:
+            score_map = stages.semantic_maps(image, result.image_factors, channels=[k],
+                                             out_size=frame.shape[:2])[0].cpu().numpy()
+    timeline = stages.timeline(audio_column, audio, window.duration)
+    objects, mask = sounding_objects(
+        score_map if result.sounding else None, config, frame.shape[:2], k=k, labels=result.labels,
+        scores=result.label_scores, confidence=float(result.confidence),
+        audio_activation=float(audio_column.mean()))
+    return result, dict(mask=mask, objects=objects, score_map=score_map, activation=timeline.values,
+                        coarse_map=token_grid(image_column, image.grid))
+
+
+@pytest.mark.parametrize('mode', ['full', 'coarse'])
+@pytest.mark.parametrize('sounding_threshold', [None, 0.0])
+def test_max_objects_1_is_the_single_k_star_output(pipeline: TacoPipeline, mode: str,
+                                                   sounding_threshold: float | None) -> None:
+    """Every field of every window equals the single-k* composition (warm starts included); the new
+    fields only add to it: k*'s audio factor and timeline, and a track id (1 while it keeps sounding)."""
+    overrides = dict(STEPS) if sounding_threshold is None else {**STEPS, 'sounding_threshold': 0.0}
+    pipeline.update(mode=mode, max_objects=1, solver_overrides=overrides)
+    previous, objects = None, 0
+    try:
+        pipeline.reset()
+        for i in range(4):
+            frame, window = make_frame(seed=i % 2), noise_window(seed=i)
+            got = pipeline.process(frame, window)
+            previous, want = _single_k_star_window(pipeline, frame, window, previous)
+            assert (got.k_star, got.sounding, got.confidence, got.steps, got.cold_start, got.labels,
+                    got.label_scores) == (previous.k_star, previous.sounding, previous.confidence,
+                                          previous.steps, previous.cold_start, previous.labels,
+                                          previous.label_scores)
+            for name in ('mask', 'score_map', 'activation', 'coarse_map'):
+                if want[name] is None:
+                    assert getattr(got, name) is None, name
+                else:
+                    np.testing.assert_array_equal(getattr(got, name), want[name], err_msg=name)
+            assert len(got.objects) == len(want['objects'])
+            for obj, expected in zip(got.objects, want['objects'], strict=True):
+                assert replace(obj, audio_factor=-1, track_id=0, activation=None) == expected
+                assert obj.audio_factor == got.k_star and obj.track_id >= 1
+                np.testing.assert_array_equal(obj.activation, got.activation)
+            objects += len(got.objects)
+    finally:
+        pipeline.update(mode='full', solver_overrides=dict(STEPS))
+    assert objects > 0 or sounding_threshold is None
 
 
 def test_silence_gate(pipeline: TacoPipeline) -> None:

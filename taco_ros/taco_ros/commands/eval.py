@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from taco_ros.core.contract import AUDIO_CONTEXTS, EVAL_MODES, PRECISIONS
+from taco_ros.core.contract import AUDIO_CONTEXTS, EVAL_MODES, MAX_OBJECTS, PRECISIONS
 
 BENCHMARKS = ('s4', 'ms3', 'ade_sp', 'avss', 'ade_sp_semantic')
 LAYOUTS = """dataset layouts under --root:
@@ -68,6 +68,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--solver', action='append', default=[], metavar='FIELD=VALUE',
                         help='override a co-NMF setting (e.g. max_steps=200); repeatable. The run is then '
                              'no longer the paper protocol, and the summary says so')
+    parser.add_argument('--objects', type=int, default=1, metavar='N',
+                        help=f'sounding objects per frame, 1..{MAX_OBJECTS} (MS3: several sources at once): '
+                             "the prediction is the union of the objects' masks, the swept map their "
+                             "pixelwise maximum; 1 is the paper's single factor k* (default: %(default)s). "
+                             'Not with the baseline or the semantic benchmarks')
     parser.add_argument('--no-negative-audio', dest='negative_audio', action='store_false',
                         help='skip the swapped-audio pass (it doubles the run time of binary benchmarks)')
     parser.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars')
@@ -113,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         engine = PipelineEngine(
             benchmark, mode=args.mode, model_config=args.model_config, model_dir=args.model_dir,
             device=args.device, precision=args.precision, solver_overrides=overrides,
-            allow_random_weights=args.allow_random_weights, seed=seed, audio_context=args.audio_context)
+            allow_random_weights=args.allow_random_weights, seed=seed, audio_context=args.audio_context,
+            objects=args.objects)
     except (FileNotFoundError, ValueError) as error:
         # ModelFileNotFound derives from FileNotFoundError; its message says where the files were looked for.
         print(f'taco-ros eval: {error}', file=sys.stderr)

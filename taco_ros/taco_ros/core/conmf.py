@@ -72,6 +72,7 @@ __all__ = [
     'CoNMFConfig',
     'CoNMFResult',
     'calibrate_sounding_threshold',
+    'factor_labels',
     'solve',
     'solve_batch',
     'sounding_confidence',
@@ -809,9 +810,11 @@ def calibrate_sounding_threshold(confidences: Sequence[float], sounding: Sequenc
     return float(candidates[accuracy.argmax()])
 
 
-def _readout(factor: Tensor, bank: AnchorBank, top_k: int) -> tuple[list[str], list[float]]:
-    """Top-k words of cos(V_I[k*], T_I) (method.md §5.3: the factor, not the component)."""
-    unit_image, _ = bank.unit_vectors()
+def factor_labels(factor: Tensor, bank: AnchorBank, top_k: int) -> tuple[list[str], list[float]]:
+    """The label readout of one image factor V_I[k] [D_I]: its top-k words of cos(V_I[k], T_I) and their
+    cosines, best first (method.md §5.3: the factor, not the component). ``bank`` is moved to the
+    factor's device when it is elsewhere."""
+    unit_image, _ = bank.to(factor.device).unit_vectors()
     best = _cosines(factor.float(), unit_image).topk(min(top_k, len(bank.words)))
     return [bank.words[i] for i in best.indices.tolist()], best.values.tolist()
 
@@ -1055,7 +1058,7 @@ def _results(data: _Data, bank: AnchorBank, config: CoNMFConfig, unknowns: list[
     fit_audio = (terms.recon_audio.double() / data.sq_audio.sqrt()).tolist()
     results = []
     for b in range(w_image.shape[0]):
-        labels, scores = _readout(v_image[b, k_star[b]], bank, config.top_k)
+        labels, scores = factor_labels(v_image[b, k_star[b]], bank, config.top_k)
         parts = {
             'recon_image': float(terms.recon_image[b]),
             'recon_audio': float(terms.recon_audio[b]),

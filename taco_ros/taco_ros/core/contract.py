@@ -33,12 +33,15 @@ STAGES = ('image_encoder', 'audio_encoder', 'conmf', 'segmenter', 'total')
 # models and need a rebuild.
 LIVE_FIELDS = ('mode', 'vocabulary', 'solver_profile', 'solver_overrides', 'mask_threshold',
                'min_component_area', 'top_k', 'audio_context', 'silence_rms', 'always_segment',
-               'solver_threads')
+               'solver_threads', 'max_objects')
 DEVICE_PATTERN = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
 # The majority rule of the semantic map (see core/masks.py); the node's default too.
 DEFAULT_MASK_THRESHOLD = 0.5
 DEFAULT_MODEL_CONFIG = 'taco_convnext_large'
 MAX_THREADS = 256
+# Most sounding objects per window (core/sounding.py); 1 is TACO's single factor k*. The co-NMF has
+# K = 8 factors, so no window can hold more.
+MAX_OBJECTS = 8
 # Seconds of audio CLAP sees (HTS-AT's input); the 'history' context keeps this much past audio.
 CLAP_CONTEXT_SEC = 7.0
 
@@ -114,6 +117,8 @@ class PipelineConfig:
         setting). Its thousands of small operations gain nothing from splitting, and with several
         threads every join waits for a thread that other processes have descheduled: on 2 busy
         cores a warm solve took 9x longer with 2 threads than with 1 (bench/bench_threads.py).
+    max_objects: most sounding objects per window, 1..MAX_OBJECTS. 1 is TACO (the factor k* alone);
+        more adds each other factor whose image and audio semantics match (core/sounding.py).
     """
 
     model_config: str = DEFAULT_MODEL_CONFIG
@@ -136,6 +141,7 @@ class PipelineConfig:
     keep_text_encoders: bool = True
     always_segment: bool = False
     solver_threads: int = 1
+    max_objects: int = 1
 
     def problem(self) -> str | None:
         """Why this configuration is unusable (None when it is usable), without torch.
@@ -162,6 +168,9 @@ class PipelineConfig:
             return f'silence_rms must be >= 0, got {self.silence_rms}'
         if isinstance(self.solver_threads, bool) or not 0 <= int(self.solver_threads) <= MAX_THREADS:
             return f'solver_threads must lie in [0, {MAX_THREADS}], got {self.solver_threads}'
+        if (isinstance(self.max_objects, bool) or not isinstance(self.max_objects, int)
+                or not 1 <= self.max_objects <= MAX_OBJECTS):
+            return f'max_objects must be an integer in [1, {MAX_OBJECTS}], got {self.max_objects!r}'
         if not isinstance(self.solver_overrides, dict):
             return 'solver_overrides must be a dict of CoNMFConfig fields'
         return None
@@ -184,7 +193,13 @@ class PipelineConfig:
 # ---------------------------------------------------------------------------------------- results
 @dataclass
 class SoundingObjectResult:
-    """One sounding object: its value in the mask, labels, scores and box (x, y, w, h)."""
+    """One sounding object: its value in the mask, labels, scores and box (x, y, w, h).
+
+    factor_index: its image factor (k* for the first object); audio_factor: the audio factor whose
+        sound it owns (-1: none, the baseline); track_id: its identity across windows (>= 1 while
+        tracked, 0 = not tracked); activation: [T] its audio factor's activation over the window, on
+        the bins of TacoResult.token_offsets (None when not computed).
+    """
 
     mask_value: int
     label: str
@@ -195,6 +210,9 @@ class SoundingObjectResult:
     audio_activation: float
     bbox: tuple[int, int, int, int]
     factor_index: int
+    audio_factor: int = -1
+    track_id: int = 0
+    activation: np.ndarray | None = None
 
 
 @dataclass
@@ -211,6 +229,9 @@ class TacoResult:
     coarse_map: float32 [rows, cols] U_I[:, k*] on the token grid (None when the solver did not run).
     solver_backoffs: times the solver undid a step whose objective was non-finite and continued with a
         smaller step size (the window was kept).
+    object_maps: float32 [H, W] soft map of each object, in the order of ``objects`` (an object of
+        several merged factors: their maps added in full mode, their activations' maximum in coarse
+        mode); empty when there is no object.
     """
 
     mask: np.ndarray
@@ -233,3 +254,4 @@ class TacoResult:
     cold_reason: str = ''
     coarse_map: np.ndarray | None = None
     solver_backoffs: int = 0
+    object_maps: list[np.ndarray] = field(default_factory=list)

@@ -17,7 +17,9 @@ Per window (:meth:`TacoPipeline.process`):
 3. co-NMF of (X_I, X_A) against the bank → factors, activations and k*, the factor shared by
    sound and image, with its labels and the solver's sounding decision;
 4. the map of k*: FC-CLIP's semantic map for the factor set V_I (mode 'full'), or U_I[:, k*] on the
-   token grid upsampled (mode 'coarse'); thresholded, cleaned, boxed.
+   token grid upsampled (mode 'coarse'); thresholded, cleaned, boxed. With ``max_objects > 1`` every
+   sounding factor of core/sounding.py's rule gets its own map and mask value (core/objects.py);
+5. a track id for every object (core/objects.py: ObjectTracks), in every mode.
 
 Mode 'baseline' is A-FC-CLIP from the paper: CLAP's clip-level audio embedding picks the best word of
 the vocabulary and FC-CLIP segments that word's CLIP text vector (no co-factorisation).
@@ -42,6 +44,13 @@ from taco_ros.core.contract import (
     PipelineConfig,
     SoundingObjectResult,
     TacoResult,
+)
+from taco_ros.core.objects import (
+    ObjectTracks,
+    WindowObjects,
+    baseline_factor,
+    one_object_factor,
+    several_objects,
 )
 from taco_ros.core.stages import (
     PRECISION_DTYPES,
@@ -114,6 +123,7 @@ class TacoPipeline:
         self.device = resolve_device(config.device)
         self._lock = threading.Lock()
         self._previous: Any = None  # the last CoNMFResult: the next window's warm start
+        self._tracks = ObjectTracks()
         self._suspended = False
         self.models = create_models(config)
         self.notes: list[str] = self.models.notes
@@ -192,8 +202,10 @@ class TacoPipeline:
 
     # ------------------------------------------------------------------ device lifecycle
     def reset(self) -> None:
-        """Forget the warm-start state: the next window starts the co-NMF cold."""
+        """Forget the warm-start state (the next window starts the co-NMF cold) and every object's
+        track (the next objects get new track ids)."""
         self._previous = None
+        self._tracks.reset()
 
     def suspend(self) -> None:
         """Free the GPU (models to the CPU) while the node is inactive; no-op on the CPU."""
@@ -255,17 +267,16 @@ class TacoPipeline:
             image_column, audio_column = self.stages.columns(result, k)
         self._previous = result
         mode = config.mode if self.segmenter is not None else 'coarse'
-        score_map = None
-        with self.stages.timed(timings, 'segmenter'):
-            if result.sounding or config.always_segment:
-                score_map = (self.stages.coarse_map(image_column, image, frame.shape)
-                             if mode == 'coarse' else
-                             self.stages.semantic_map(image, result.image_factors, k, frame.shape))
         timeline = self.stages.timeline(audio_column, audio, window.duration)
-        objects, mask = sounding_objects(
-            score_map if result.sounding else None, config, frame.shape[:2], k=k,
-            labels=result.labels, scores=result.label_scores, confidence=float(result.confidence),
-            audio_activation=float(audio_column.mean()))
+        if result.sounding and config.max_objects > 1:
+            with self.stages.timed(timings, 'segmenter'):
+                found = several_objects(self.stages, frame.shape, image, audio, window.duration, result,
+                                        bank, config, mode)
+        else:
+            found = self._k_star_object(frame, image, result, bank, config, mode, timings,
+                                        (image_column, audio_column), timeline.values)
+        self._tracks.assign(found.objects, found.factors, bool(result.cold_start), (mode, image.grid))
+        score_map, objects, mask = found.k_star_map, found.objects, found.mask
         timings['total'] = elapsed_ms(started)
         return TacoResult(
             mask=mask, objects=objects, sounding=bool(result.sounding),
@@ -275,7 +286,31 @@ class TacoPipeline:
             window_duration=window.duration, timings=timings, score_map=score_map,
             random_weights=self.random_weights, labels=list(result.labels),
             label_scores=[float(s) for s in result.label_scores], cold_reason=result.cold_reason,
-            coarse_map=token_grid(image_column, image.grid), solver_backoffs=int(result.lr_backoffs))
+            coarse_map=token_grid(image_column, image.grid), solver_backoffs=int(result.lr_backoffs),
+            object_maps=found.maps)
+
+    def _k_star_object(self, frame: np.ndarray, image: Any, result: Any, bank: Any, config: PipelineConfig,
+                       mode: str, timings: dict[str, float], columns: tuple[np.ndarray, np.ndarray],
+                       activation: np.ndarray) -> WindowObjects:
+        """TACO's one object: the map of k* (also when not sounding with ``always_segment``), and k* as
+        the object when the window is sounding and its mask is not empty."""
+        k = int(result.k_star)
+        image_column, audio_column = columns
+        score_map = None
+        with self.stages.timed(timings, 'segmenter'):
+            if result.sounding or config.always_segment:
+                score_map = (self.stages.coarse_map(image_column, image, frame.shape)
+                             if mode == 'coarse' else
+                             self.stages.semantic_map(image, result.image_factors, k, frame.shape))
+        objects, mask = sounding_objects(
+            score_map if result.sounding else None, config, frame.shape[:2], k=k,
+            labels=result.labels, scores=result.label_scores, confidence=float(result.confidence),
+            audio_activation=float(audio_column.mean()))
+        for obj in objects:
+            obj.audio_factor, obj.activation = k, activation
+        factors = [one_object_factor(result, bank, image.grid)] if objects else []
+        return WindowObjects(objects=objects, factors=factors, maps=[score_map] if objects else [],
+                             mask=mask, k_star_map=score_map)
 
     def _baseline(self, frame: np.ndarray, window: AudioWindow, config: PipelineConfig, bank: Any,
                   started: float) -> TacoResult:
@@ -291,6 +326,11 @@ class TacoPipeline:
         objects, mask = sounding_objects(
             score_map, config, frame.shape[:2], k=0, labels=choice.labels, scores=choice.scores,
             confidence=choice.scores[0], audio_activation=float(choice.column.mean()))
+        for obj in objects:
+            obj.activation = timeline.values
+        # The chosen word is the object's identity: its index does not depend on a solver start.
+        self._tracks.assign(objects, [baseline_factor(obj, mask) for obj in objects], False,
+                            ('baseline', mask.shape))
         timings['total'] = elapsed_ms(started)
         return TacoResult(
             mask=mask, objects=objects, sounding=True, confidence=choice.scores[0],
@@ -298,10 +338,12 @@ class TacoPipeline:
             activation=timeline.values, token_offsets=timeline.offsets,
             token_duration=timeline.bin_duration, window_duration=window.duration,
             timings=timings, score_map=score_map, random_weights=self.random_weights,
-            labels=choice.labels, label_scores=choice.scores, cold_reason='baseline')
+            labels=choice.labels, label_scores=choice.scores, cold_reason='baseline',
+            object_maps=[score_map] if objects else [])
 
     def _silent(self, frame: np.ndarray, window: AudioWindow, config: PipelineConfig,
                 started: float) -> TacoResult:
+        self._tracks.end_all()
         timeline = self.stages.timeline(None, None, window.duration)
         return TacoResult(
             mask=np.zeros(frame.shape[:2], np.uint8), objects=[], sounding=False, confidence=0.0,

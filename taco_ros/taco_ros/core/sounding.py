@@ -327,9 +327,8 @@ def _same_object(objects: list[SoundingFactor], label: str, mask: np.ndarray,
 
 
 def factor_readout(factor: Tensor, bank: conmf.AnchorBank, top_k: int) -> tuple[list[str], list[float]]:
-    """Top-k words of cos(factor, T_I) and their cosines: conmf's label readout, which conmf keeps private
-    (this adapter is the one place that reaches for it)."""
-    return conmf._readout(factor, bank.to(factor.device), top_k)
+    """Top-k words of cos(factor, T_I) and their cosines: conmf's label readout (``conmf.factor_labels``)."""
+    return conmf.factor_labels(factor, bank, top_k)
 
 
 def _class_id(bank: conmf.AnchorBank, word: str) -> int:

@@ -8,7 +8,8 @@
    batch over a video): the co-NMF → factors, activations, k*, labels;
 4. :meth:`~Stages.semantic_map` (FC-CLIP's map of k*) or :meth:`~Stages.coarse_map` (U_I[:, k*] on
    the token grid, upsampled); in the baseline, :meth:`~Stages.choose_word` replaces step 3;
-5. :func:`sounding_objects`: the mask decision (:func:`mask_decision`) and the box;
+5. :func:`sounding_objects`: the mask decision (:func:`mask_decision`) and the box; with several
+   objects, :func:`layered_objects` shares one mask out between their maps;
 6. :meth:`~Stages.timeline`: the activation of k* over the window's time axis.
 
 TacoPipeline.process composes them for the node; the evaluation calls the same methods, so there
@@ -225,13 +226,19 @@ class Stages:
     def semantic_map(self, image: ImageTokens, factors: torch.Tensor, k: int,
                      frame_shape: tuple[int, ...]) -> np.ndarray:
         """sem[k] at the frame's size (FC-CLIP post-processing to the output size), float32."""
+        return self.frame_semantic_maps(image, factors, [k], frame_shape)[0]
+
+    @torch.no_grad()
+    def frame_semantic_maps(self, image: ImageTokens, factors: torch.Tensor, channels: Sequence[int],
+                            frame_shape: tuple[int, ...]) -> np.ndarray:
+        """sem[c] of each of ``channels`` at the frame's size, float32 [C, H, W] (one FC-CLIP pass)."""
         height, width = frame_shape[:2]
         direct = height * width <= MAX_DIRECT_MAP_PIXELS
         out_size = (height, width) if direct else tuple(image.valid_size)
-        sem = self.semantic_maps(image, factors, channels=[k], out_size=out_size)[0]
+        sem = self.semantic_maps(image, factors, channels=list(channels), out_size=out_size)
         if not direct:
-            sem = F.interpolate(sem[None, None], size=(height, width), mode='bilinear',
-                                align_corners=False)[0, 0]
+            sem = F.interpolate(sem[None], size=(height, width), mode='bilinear',
+                                align_corners=False)[0]
         return sem.cpu().numpy()
 
     def coarse_map(self, column: np.ndarray, image: ImageTokens, frame_shape: tuple[int, ...]) -> np.ndarray:
@@ -305,3 +312,45 @@ def sounding_objects(score_map: np.ndarray | None, config: PipelineConfig,
         audio_activation=audio_activation, bbox=tuple(int(v) for v in decision.box),
         factor_index=k)
     return [obj], mask
+
+
+@dataclass
+class ObjectLayer:
+    """One sounding object before the mask is shared out: its soft map at the frame's size and the
+    object it becomes when it keeps pixels (mask_value and bbox are set by :func:`layered_objects`)."""
+
+    score_map: np.ndarray
+    obj: SoundingObjectResult
+
+
+def layered_objects(layers: Sequence[ObjectLayer], config: PipelineConfig, shape: tuple[int, int],
+                    ) -> tuple[list[int], np.ndarray]:
+    """Several objects in one uint8 mask: which layers became objects (indices into ``layers``) and
+    the mask.
+
+    Each layer's own decision (:func:`mask_decision`: threshold, then the component clean-up) says
+    which pixels it claims. A pixel claimed by several layers goes to the one whose soft map is
+    highest there (the first layer on a tie, so k* wins a tie); a layer left without a pixel is
+    dropped. The kept layers get mask values 1..n in their order, and their boxes from the pixels
+    they kept. One layer gives exactly :func:`sounding_objects`' mask and box.
+    """
+    mask = np.zeros(shape, np.uint8)
+    claims = [(i, mask_decision(layer.score_map, config).mask) for i, layer in enumerate(layers)]
+    claims = [(i, claimed) for i, claimed in claims if claimed.any()]
+    if not claims:
+        return [], mask
+    from taco_ros.core.masks import bounding_box
+
+    scores = np.stack([np.where(claimed, layers[i].score_map, -np.inf) for i, claimed in claims])
+    winner = scores.argmax(axis=0)
+    claimed_any = np.logical_or.reduce([claimed for _, claimed in claims])
+    kept = []
+    for position, (i, _) in enumerate(claims):
+        pixels = claimed_any & (winner == position)
+        if not pixels.any():
+            continue
+        kept.append(i)
+        layers[i].obj.mask_value = len(kept)
+        layers[i].obj.bbox = bounding_box(pixels)
+        mask[pixels] = len(kept)
+    return kept, mask

@@ -10,6 +10,11 @@ Modes:
 * ``coarse``: no segmenter; the k* activation map on the token grid is the prediction (the paper's ``*_u``).
 * ``baseline``: the A-FC-CLIP baseline of the pipeline.
 
+Several sources (``objects`` > 1, for MS3; the paper's protocol is one object, k*): every sounding factor of
+core/sounding.py's rule is an object; the prediction is the union of the objects' masks, and the map the
+threshold sweep sees is the pixelwise maximum of the objects' maps (of k*'s alone in a frame the solver calls
+silent). Binary benchmarks only, not the baseline (it has no factors).
+
 Post-processing of a soft map, as the authors' ``infer_once``: min-max normalise, then bicubic resize
 (align_corners=True) to the ground truth's size (224×224 for every benchmark). Semantic benchmarks paint the
 hard mask with the predicted class (ADE-SP-semantic: the min-max map rounded at 0.5, painted class + 1;
@@ -361,6 +366,8 @@ def evaluate(benchmark: Benchmark, engine: Engine, options: RunOptions,
                      'authors ran a separate CLIP pass without padding (23×23) for this benchmark')
     if options.mode in ('paper', 'coarse') and engine.description.get('paper_protocol') is False:
         notes.append('solver overrides or audio context in effect: not the paper protocol')
+    if engine.description.get('objects', 1) > 1:
+        notes.append(f"{engine.description['objects']} objects per frame: their masks' union, not one k*")
     settings = dict(engine.description)
     settings.update(root=str(benchmark.root), videos=len(benchmark.videos()),
                     mode=options.mode, runs=options.runs, seed=options.seed,
@@ -416,13 +423,14 @@ class PipelineEngine:
     def __init__(self, benchmark: Benchmark, *, mode: str, model_config: str = 'taco_convnext_large',
                  model_dir: str | None = None, device: str = 'auto', precision: str = 'fp32',
                  solver_overrides: dict | None = None, allow_random_weights: bool = False,
-                 seed: int = 0, audio_context: str = 'tile') -> None:
+                 seed: int = 0, audio_context: str = 'tile', objects: int = 1) -> None:
         from taco_ros.core.pipeline import PipelineConfig, TacoPipeline, solver_config
         from taco_ros.core.vocabulary import audioset_labels
 
         if mode not in EVAL_MODES:
             raise ValueError(f'unknown mode {mode!r}; choose one of {", ".join(EVAL_MODES)}')
-        self.mode = mode
+        check_objects(objects, benchmark, mode)
+        self.mode, self.objects = mode, objects
         self.benchmark = benchmark
         self.seed = seed
         self.overrides = dict(solver_overrides or {})
@@ -431,7 +439,7 @@ class PipelineEngine:
             mode=PIPELINE_MODES[mode], vocabulary=resolve_vocabulary(benchmark, audioset_labels()),
             solver_profile='streaming' if mode == 'streaming' else 'paper',
             solver_overrides=dict(self.overrides), allow_random_weights=allow_random_weights, seed=seed,
-            keep_text_encoders=False, always_segment=True, audio_context=audio_context)
+            keep_text_encoders=False, always_segment=True, audio_context=audio_context, max_objects=objects)
         self.pipeline = TacoPipeline(config)
         if mode == 'paper' and self.pipeline.segmenter is None:
             self.pipeline.close()
@@ -447,7 +455,7 @@ class PipelineEngine:
             'solver': {k: getattr(solver, k) for k in ('optimizer', 'lr', 'max_steps', 'tol', 'warm_start',
                                                        'beta_t', 'beta_p', 'K')},
             'solver_overrides': self.overrides, 'vocabulary_size': len(self.vocabulary),
-            'mask_threshold': config.mask_threshold, 'audio_context': audio_context,
+            'mask_threshold': config.mask_threshold, 'audio_context': audio_context, 'objects': objects,
             'paper_protocol': mode in ('paper', 'coarse') and not self.overrides and audio_context == 'tile',
         }
         self._run_seed = seed
@@ -487,8 +495,12 @@ class PipelineEngine:
             if score is None:
                 score = np.zeros(frame.shape[:2], np.float32)
             # coarse_map: U_I[:, k*] on the token grid, the paper's unrefined map (None when the
-            # solver did not run: silence gate, baseline).
-            outputs.append(FrameOutput(score=score, mask=result.mask, coarse=result.coarse_map,
+            # solver did not run: silence gate, baseline). With several objects the result holds no
+            # token-grid map per object: no unrefined map (the summary says so).
+            coarse = result.coarse_map
+            if self.objects > 1:
+                score, coarse = np.maximum.reduce([score, *result.object_maps]), None
+            outputs.append(FrameOutput(score=score, mask=result.mask, coarse=coarse,
                                        label=result.labels[0] if result.labels else None,
                                        timings=dict(result.timings)))
         return outputs
@@ -532,6 +544,8 @@ class PipelineEngine:
         grid = token_grid(column, image.grid)
         label = result.labels[0] if result.labels else None
         config = self.pipeline.config
+        if self.objects > 1 and result.sounding:
+            return union_prediction(stages, config, self.pipeline.bank, frame.shape, image, result, self.mode)
         if self.mode == 'coarse':
             mask = np.zeros(frame.shape[:2], np.uint8)
             if result.sounding:
@@ -547,3 +561,39 @@ class PipelineEngine:
         if result.sounding:
             mask = mask_decision(score, config).mask.astype(np.uint8)
         return FrameOutput(score=score, mask=mask, coarse=grid, hard=hard, label=label)
+
+
+def union_prediction(stages, config, bank, frame_shape: tuple[int, ...], image, result,
+                     mode: str) -> FrameOutput:
+    """Several objects (module docstring): per object the sum of its factors' semantic maps (or their
+    largest activation on the token grid, ``mode`` 'coarse'); their pixelwise maximum; their masks' union."""
+    from taco_ros.core.masks import coarse_score_map
+    from taco_ros.core.objects import sounding_rule
+    from taco_ros.core.sounding import select_sounding_factors
+    from taco_ros.core.stages import mask_decision, token_grid
+
+    factors = select_sounding_factors(result, bank, sounding_rule(config), grid=image.grid)
+    grids = [token_grid(np.max([stages.columns(result, k)[0] for k in f.factors], axis=0), image.grid)
+             for f in factors]
+    coarse = np.maximum.reduce(grids)
+    if mode == 'coarse':
+        maps, score = [coarse_score_map(g, frame_shape[:2]) for g in grids], coarse
+    else:
+        channels = sorted({k for f in factors for k in f.factors})
+        sem = stages.semantic_maps(image, result.image_factors, channels=channels).cpu().numpy()
+        maps = [sum(sem[channels.index(k)] for k in f.factors) for f in factors]
+        score = np.maximum.reduce(maps)
+    mask = np.logical_or.reduce([mask_decision(m, config).mask for m in maps]).astype(np.uint8)
+    return FrameOutput(score=score, mask=mask, coarse=coarse, label=result.labels[0])
+
+
+def check_objects(objects: int, benchmark: Benchmark, mode: str) -> None:
+    """ValueError unless ``objects`` fits: several need factors (no baseline) and a binary benchmark."""
+    from taco_ros.core.contract import MAX_OBJECTS
+
+    if isinstance(objects, bool) or not isinstance(objects, int) or not 1 <= objects <= MAX_OBJECTS:
+        raise ValueError(f'objects must be an integer in [1, {MAX_OBJECTS}], got {objects!r}')
+    if objects > 1 and benchmark.semantic:
+        raise ValueError(f'several objects are scored on binary benchmarks only, not {benchmark.name}')
+    if objects > 1 and mode == 'baseline':
+        raise ValueError('several objects need the co-NMF factors; the baseline has none')
