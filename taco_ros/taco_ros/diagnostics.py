@@ -17,6 +17,8 @@ from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
+from taco_ros.core.contract import TacoResult
+
 # Input problems (counted by NodeStats.problem) that turn the inputs status to WARN.
 INPUT_PROBLEMS = ('bad_images', 'zero_stamp_images', 'oversized_images', 'bad_audio',
                   'empty_audio', 'oversized_audio', 'refused_audio')
@@ -84,14 +86,14 @@ class NodeStats:
             self.counts[key] += 1
             self.last_input_problem = message
 
-    def window_done(self, latency: float, timings: Mapping[str, float], steps: int,
-                    sounding: bool, now: float) -> None:
+    def window_done(self, latency: float, result: TacoResult, now: float) -> None:
         with self.lock:
             self.counts['windows'] += 1
-            self.counts['silent_windows'] += int(not sounding)
+            self.counts['silent_windows'] += int(not result.sounding)
+            self.counts['solver_backoffs'] += result.solver_backoffs
             self.latency.append(latency)
-            self.stages.append(dict(timings))
-            self.steps.append(int(steps))
+            self.stages.append(dict(result.timings))
+            self.steps.append(int(result.steps))
         self.window_rate.tick(now)
 
     def since_last_report(self, drops: Mapping[str, int]) -> Counter[str]:

@@ -74,6 +74,8 @@ FrameMsg = Image | CompressedImage
 TICK_PERIOD = 0.01
 # Frames held for pairing per camera time line (messages: 0.9 MB each for raw 640x480 rgb8).
 MAX_FRAMES = 256
+BACKOFF_WARNING = ('co-NMF objective went non-finite; the solver went back to its last finite point with '
+                   'a smaller step and kept the window (/diagnostics: solver step back-offs)')
 RANDOM_WEIGHTS_WARNING = ('RANDOM WEIGHTS: allow_random_weights is set and model files are missing; '
                           'masks and labels are meaningless')
 
@@ -347,15 +349,11 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
                                     throttle_duration_sec=THROTTLE_SEC)
             return
         self._publish(result, job, frame, vocabulary)
-        self._stats.window_done(self._now() - job.end, result.timings, result.steps,
-                                result.sounding, time.monotonic())
+        self._stats.window_done(self._now() - job.end, result, time.monotonic())
         if result.random_weights:
             self.get_logger().warning(RANDOM_WEIGHTS_WARNING, throttle_duration_sec=THROTTLE_SEC)
         if result.solver_backoffs:
-            self._stats.add('solver_backoffs', result.solver_backoffs)
-            self.get_logger().warning(
-                f'co-NMF objective went non-finite; the step size was backed off '
-                f'{result.solver_backoffs} time(s) and the window kept', throttle_duration_sec=THROTTLE_SEC)
+            self.get_logger().warning(BACKOFF_WARNING, throttle_duration_sec=THROTTLE_SEC)
 
     def _decode_frame(self, msg: FrameMsg) -> np.ndarray:
         if isinstance(msg, CompressedImage):
