@@ -119,7 +119,7 @@ def bench_pipeline(args: argparse.Namespace, bank: Path) -> list[tuple[str, str,
 def bench_node(args: argparse.Namespace, bank: Path) -> dict[str, float]:
     """taco_node fed in real time over in-process DDS; latency = receipt − window end."""
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.parameter import Parameter
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -150,7 +150,7 @@ def bench_node(args: argparse.Namespace, bank: Path) -> dict[str, float]:
         QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE))
     image_pub = peer.create_publisher(Image, '/image', 5)
     audio_pub = peer.create_publisher(AudioChunk, '/audio', 50)
-    executor = MultiThreadedExecutor(num_threads=4, context=context)
+    executor = SingleThreadedExecutor(context=context)   # as taco_node's main()
     executor.add_node(node)
     executor.add_node(peer)
     started = time.perf_counter()

@@ -21,10 +21,11 @@ Optional outputs (:mod:`taco_ros.interop`): with vision_msgs 4.x importable, ``~
 ``~/vision_label_info`` are published too; without it the node runs on taco_msgs alone and says
 so once at configure. The topics, QoS and mask values: docs/ros_interface.md.
 
-Threads (MultiThreadedExecutor): the image and audio callbacks (one callback group, see
-:mod:`taco_ros.node_inputs`) only check and store; the inference timer (its own group) asks the
-window policy (:class:`taco_ros.core.windows.WindowPolicy`) for the next window and its frame, runs
-the pipeline and publishes (:mod:`taco_ros.outputs`). ``window_queue`` 0 takes the newest window
+Threads: the executor (single-threaded: every callback is short) runs the image and audio
+callbacks (:mod:`taco_ros.node_inputs`), which only check and store, and the services and timers.
+While active, a window thread of its own (:mod:`taco_ros.window_worker`) asks the window policy
+(:class:`taco_ros.core.windows.WindowPolicy`) for the next window and its frame, runs the pipeline
+and publishes (:mod:`taco_ros.outputs`). ``window_queue`` 0 takes the newest window
 and counts the ones passed over as dropped; N > 0 processes up to N due windows in order.
 Parameters: :mod:`taco_ros.node_parameters`; /diagnostics: :mod:`taco_ros.diagnostics`.
 """
@@ -48,7 +49,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import InvalidHandle
-from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -64,12 +65,13 @@ from taco_ros.core.contract import TacoResult
 from taco_ros.core.windows import WindowJob, WindowPolicy
 from taco_ros.node_inputs import THROTTLE_SEC, CameraInfoStore, NodeInputs
 from taco_ros.node_parameters import NodeParameters
+from taco_ros.window_worker import WindowWorker
 
 if TYPE_CHECKING:
     from taco_ros.core.pipeline import TacoPipeline
 
 FrameMsg = Image | CompressedImage
-# How often the inference timer looks for a due window. Short, so the latency added by polling is
+# How often the window thread looks for a due window. Short, so the latency added by polling is
 # small next to the window itself; a tick with nothing to do costs microseconds.
 TICK_PERIOD = 0.01
 # Frames held for pairing per camera time line (messages: 0.9 MB each for raw 640x480 rgb8).
@@ -100,7 +102,6 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
     def __init__(self, node_name: str = params.NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         self._input_group = MutuallyExclusiveCallbackGroup()
-        self._inference_group = MutuallyExclusiveCallbackGroup()
         self._input_lock = threading.Lock()
         self._pipeline_lock = threading.Lock()
         self._stats = diagnostics.NodeStats()
@@ -116,6 +117,7 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
         self._input_subs: list[Any] = []
         self._owned_timers: list[Any] = []
         self._activation_timers: list[Any] = []
+        self._worker: WindowWorker | None = None
         self._audio_retry: Any = None
         self._vocabulary_service: Any = None
         self._diagnostics_pub: Any = None
@@ -223,9 +225,9 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
         self._subscribe_image()
         self._subscribe_camera_info()
         self._subscribe_audio()
-        self._activation_timers.append(self.create_timer(
-            TICK_PERIOD, self._on_tick, callback_group=self._inference_group))
         self._lifecycle = 'active'
+        self._worker = WindowWorker(self._on_tick, TICK_PERIOD, self._window_failed)
+        self._worker.start()
         self._publish_label_info()
         return result
 
@@ -265,6 +267,9 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
         self._release_everything()
 
     def _release_activation_entities(self) -> None:
+        if self._worker is not None:     # after the window in flight
+            self._worker.stop()
+            self._worker = None
         for timer in self._activation_timers:
             self.destroy_timer(timer)
         self._activation_timers = []
@@ -310,12 +315,18 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
                 job = self._policy.next_job(time.monotonic(), newest_only=queue == 0,
                                             max_backlog=queue or None)
                 dropped = self._policy.drops - before
-            if dropped:
-                self._warn_dropped(dropped)
+            self._warn_dropped(dropped)
             if job is not None and self._pipeline is not None:
                 self._run(job)
         finally:
             self._pipeline_lock.release()
+
+    def _window_failed(self, exc: Exception) -> None:
+        """A window raised (the model, the solver, a frame): count and log it; the next one runs."""
+        self._stats.add('errors')
+        self._stats.last_error = f'{type(exc).__name__}: {exc}'
+        self.get_logger().error(f'window failed: {exc}\n{traceback.format_exc()}',
+                                throttle_duration_sec=THROTTLE_SEC)
 
     def _warn_dropped(self, dropped: Counter[str]) -> None:
         causes = {'busy': 'inference is behind', 'no_frame': 'no camera frame within '
@@ -323,9 +334,8 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
                   'of the frame store', 'expired': 'its audio left the buffer while queued',
                   'restart': 'the inputs restarted'}
         for cause, count in dropped.items():
-            self.get_logger().warning(
-                f'dropped {count} window(s): {causes.get(cause, cause)}',
-                throttle_duration_sec=THROTTLE_SEC)
+            self.get_logger().warning(f'dropped {count} window(s): {causes.get(cause, cause)}',
+                                      throttle_duration_sec=THROTTLE_SEC)
 
     def _run(self, job: WindowJob[FrameMsg]) -> None:
         pipeline = self._pipeline
@@ -340,14 +350,7 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
         if job.cold_reason is not None:
             pipeline.reset()
             self._stats.add('forced_cold_starts')
-        try:
-            result = pipeline.process(frame, job.window)
-        except Exception as exc:
-            self._stats.add('errors')
-            self._stats.last_error = f'{type(exc).__name__}: {exc}'
-            self.get_logger().error(f'window failed: {exc}\n{traceback.format_exc()}',
-                                    throttle_duration_sec=THROTTLE_SEC)
-            return
+        result = pipeline.process(frame, job.window)   # an exception: _window_failed
         self._publish(result, job, frame, vocabulary)
         self._stats.window_done(self._now() - job.end, result, time.monotonic())
         if result.random_weights:
@@ -473,7 +476,7 @@ def main(args: list[str] | None = None) -> int:
     """Entry point of ``ros2 run taco_ros taco_node``."""
     rclpy.init(args=args)
     node = TacoNode()
-    executor = MultiThreadedExecutor(num_threads=4)
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     code = 0
     try:

@@ -224,7 +224,8 @@ class Recorder:
 
 
 class NodeHarness:
-    """A TacoNode and a peer node, each spun by a MultiThreadedExecutor on a background thread.
+    """A TacoNode and a peer node, each spun by a SingleThreadedExecutor on a background thread
+    (as ``ros2 run taco_ros taco_node`` spins it; the node runs its windows on a thread of its own).
 
     The peer records the node's outputs (mask, objects, audio_activation, debug_image,
     label_info, /diagnostics) and publishes camera/microphone messages. It has a context (a DDS
@@ -236,7 +237,7 @@ class NodeHarness:
                  name: str = 'taco_node', debug_subscriber: bool = False) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         from rclpy.parameter import Parameter
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -267,9 +268,9 @@ class NodeHarness:
             topics.append(('debug', Image, f'{prefix}/debug_image', reliable))
         self._subs = [self.peer.create_subscription(t, topic, self.recorder.callback(key), qos)
                       for key, t, topic, qos in topics]
-        self.executor = MultiThreadedExecutor(num_threads=4, context=context)
+        self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
-        self.peer_executor = MultiThreadedExecutor(num_threads=2, context=self.peer_context)
+        self.peer_executor = SingleThreadedExecutor(context=self.peer_context)
         self.peer_executor.add_node(self.peer)
         self._peer_thread = threading.Thread(target=self._spin, args=(self.peer_executor,), daemon=True)
         self._peer_thread.start()

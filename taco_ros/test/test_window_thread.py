@@ -1,0 +1,158 @@
+"""taco_node runs its windows on a thread of its own (taco_ros.window_worker): the ROS executor
+stays idle while a window computes, the inputs keep being taken, and a window that raises is
+reported without stopping the next ones.
+
+Regression: as an executor callback, a window shared the GIL with rclpy's MultiThreadedExecutor,
+which re-submitted pending callbacks in a loop: the executor thread spun at 100 % of a core and a
+window of 1.8 s CPU took 40 s of wall time.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taco_ros.window_worker import WindowWorker
+
+
+def test_worker_reports_a_failed_step_and_goes_on() -> None:
+    calls, errors, more = [], [], threading.Event()
+
+    def step() -> None:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise RuntimeError('first window failed')
+        if len(calls) >= 3:
+            more.set()
+
+    worker = WindowWorker(step, 0.001, errors.append)
+    worker.start()
+    assert more.wait(30.0)
+    worker.stop(timeout=30.0)
+    assert not worker.running
+    assert [str(e) for e in errors] == ['first window failed']
+    count = len(calls)
+    time.sleep(0.05)
+    assert len(calls) == count      # stopped: no step after stop()
+
+
+def test_stop_from_the_worker_thread_does_not_wait_for_itself() -> None:
+    holder: dict[str, WindowWorker] = {}
+    stopped = threading.Event()
+
+    def step() -> None:
+        holder['worker'].stop(timeout=30.0)
+        stopped.set()
+
+    holder['worker'] = WindowWorker(step, 0.001, lambda exc: None)
+    holder['worker'].start()
+    assert stopped.wait(30.0)
+
+
+# ----------------------------------------------------------------------------------- in the node
+rclpy = pytest.importorskip('rclpy')
+pytest.importorskip('taco_msgs.msg')
+
+import node_fixtures  # noqa: E402
+from node_fixtures import (  # noqa: E402
+    EVENT_TIMEOUT,
+    WINDOW_TIMEOUT,
+    NodeHarness,
+    StreamPublisher,
+    restart,
+)
+from sensor_msgs.msg import Image  # noqa: E402
+
+from taco_msgs.msg import AudioChunk  # noqa: E402
+
+context, base, shared = node_fixtures.context, node_fixtures.base, node_fixtures.shared
+
+BUSY_SEC = 4.0       # a window of pure-Python work (it holds the GIL, as model code does in stretches)
+MEASURE_SEC = 2.0
+
+
+def _thread_cpu(native_id: int) -> float:
+    """CPU seconds used so far by one thread of this process (Linux /proc)."""
+    fields = Path(f'/proc/self/task/{native_id}/stat').read_text().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+@pytest.mark.ros
+@pytest.mark.skipif(not Path('/proc/self/task').is_dir(), reason='reads thread CPU from /proc')
+def test_executor_stays_idle_and_inputs_flow_while_a_window_computes(shared: NodeHarness) -> None:
+    restart(shared)
+    node = shared.node
+    entered, done = threading.Event(), threading.Event()
+    real = node._pipeline.process
+
+    def busy(frame: Any, window: Any) -> Any:
+        entered.set()
+        until, spins = time.monotonic() + BUSY_SEC, 0
+        while time.monotonic() < until:
+            spins += sum(range(200))
+        done.set()
+        return real(frame, window)
+
+    node._pipeline.process = busy
+    image_pub = shared.publisher(Image, '/image', 'reliable', depth=100)
+    audio_pub = shared.publisher(AudioChunk, '/audio', 'reliable', depth=200)
+    stream = StreamPublisher(shared, image_pub, audio_pub)
+    try:
+        assert shared.wait_connected([image_pub, audio_pub])
+        stream.start(WINDOW_TIMEOUT)
+        assert entered.wait(WINDOW_TIMEOUT), 'no window reached the pipeline'
+        executor_thread = shared._thread.native_id
+        cpu, images = _thread_cpu(executor_thread), stream._received('images')
+        started = time.monotonic()
+        time.sleep(MEASURE_SEC)
+        if done.is_set():
+            pytest.skip('the machine was too busy to measure within one window')
+        used = _thread_cpu(executor_thread) - cpu
+        elapsed = time.monotonic() - started
+        # Only the input callbacks run there now (a few ms a second); the spinning executor used
+        # all of a core.
+        assert used < 0.25 * elapsed, f'executor thread used {used:.2f} s CPU in {elapsed:.2f} s'
+        assert shared.wait_for(lambda: stream._received('images') > images, EVENT_TIMEOUT), \
+            'no frame was taken while a window computed'
+        assert done.wait(WINDOW_TIMEOUT)
+        assert shared.wait_for(lambda: shared.recorder.count('objects') >= 1, WINDOW_TIMEOUT)
+    finally:
+        stream.stop()
+        node._pipeline.__dict__.pop('process', None)
+        for pub in (image_pub, audio_pub):
+            shared.peer.destroy_publisher(pub)
+
+
+@pytest.mark.ros
+def test_a_window_that_raises_is_counted_and_the_next_ones_run(shared: NodeHarness) -> None:
+    restart(shared)
+    node = shared.node
+    real, calls = node._pipeline.process, []
+
+    def failing_once(frame: Any, window: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError('injected window failure')
+        return real(frame, window)
+
+    node._pipeline.process = failing_once
+    errors = node._stats.counts.get('errors', 0)
+    image_pub = shared.publisher(Image, '/image', 'reliable', depth=100)
+    audio_pub = shared.publisher(AudioChunk, '/audio', 'reliable', depth=200)
+    stream = StreamPublisher(shared, image_pub, audio_pub)
+    try:
+        assert shared.wait_connected([image_pub, audio_pub])
+        stream.start(WINDOW_TIMEOUT)
+        assert shared.wait_for(lambda: shared.recorder.count('objects') >= 1, WINDOW_TIMEOUT)
+    finally:
+        stream.stop()
+        node._pipeline.__dict__.pop('process', None)
+        for pub in (image_pub, audio_pub):
+            shared.peer.destroy_publisher(pub)
+    assert node._stats.counts.get('errors', 0) == errors + 1
+    assert 'injected window failure' in node._stats.last_error
