@@ -148,18 +148,27 @@ def test_synthetic_audio_has_its_sounds_where_the_events_say(small_audio: np.nda
     audio = bags.scene_audio(config, bags.scene_events(config)).astype(np.float32) / 32767
     rate = config.sample_rate
     events = bags.scene_events(config)
+    t = np.arange(audio.size) / rate
     inside = np.zeros(audio.size, bool)
+    spans = {e.kind: (t >= e.start) & (t < e.end) for e in events}
     for event in events:
-        span = audio[int(event.start * rate):int(event.end * rate)]
-        inside[int(event.start * rate):int(event.end * rate)] = True
-        assert np.sqrt(np.mean(span ** 2)) > 0.02, event.kind
+        span = spans[event.kind]
+        inside |= span
+        assert np.sqrt(np.mean(audio[span] ** 2)) > 0.02, event.kind
+        alone = span & ~np.any([m for k, m in spans.items() if k != event.kind], axis=0)
         if event.kind in ('tone', 'beeps'):
-            spectrum = np.abs(np.fft.rfft(span))
-            peak_hz = np.argmax(spectrum) * rate / span.size
+            part = audio[alone]
+            peak_hz = np.argmax(np.abs(np.fft.rfft(part))) * rate / part.size
             assert peak_hz == pytest.approx(440 if event.kind == 'tone' else 880, abs=5)
-        if event.kind == 'beeps':
-            off = span[int(0.25 * rate):int(0.35 * rate)]     # inside the first 'off' 200 ms
-            assert np.abs(off).max() == 0
+        if event.kind == 'beeps':          # 200 ms on, 200 ms off from its start
+            off = alone & (((t - event.start) % 0.4) > 0.22) & (((t - event.start) % 0.4) < 0.38)
+            assert off.any() and np.abs(audio[off]).max() == 0
+    both = spans['tone'] & spans['beeps']
+    assert both.sum() > rate                 # over a second where two sources sound at once
+    spectrum = np.abs(np.fft.rfft(audio[both]))
+    freqs = np.fft.rfftfreq(int(both.sum()), 1 / rate)
+    for hz in (440, 880):
+        assert spectrum[np.abs(freqs - hz) < 5].max() > 0.2 * spectrum.max(), hz
     assert np.abs(audio[~inside]).max() == 0                   # silent stretches are silent
 
 

@@ -53,6 +53,16 @@ def test_window_table_lists_every_window() -> None:
     assert demo_report.sound_at(EVENTS, 1.6, 2.4) == '-'
 
 
+def test_window_with_several_objects_lists_each_label() -> None:
+    window = _window(4, 'sine wave')
+    window.objects.append(ObjectView(2, 'beep, bleep', 0.28, 0.6, (50, 30, 20, 20)))
+    events = [{'kind': 'tone', 'start': 2.5, 'end': 4.5, 'source': 'blue box'},
+              {'kind': 'beeps', 'start': 3.2, 'end': 5.0, 'source': 'yellow triangle'}]
+    row = demo_report.window_table([window], START, events).splitlines()[2]
+    assert 'sine wave + beep, bleep' in row and row.endswith('tone+beeps')
+    assert 'sine wave + beep, bleep' in demo_report.window_caption(window, START)
+
+
 def test_overlay_draws_the_mask_in_its_colour_and_scales() -> None:
     frame = np.full((200, 300, 3), 90, np.uint8)
     window = _window(1, 'speech')
@@ -93,7 +103,7 @@ def test_contact_sheet_and_animation_carry_the_random_weights_banner(tmp_path: P
 
 def test_demo_defaults_are_the_user_sizes_and_small_is_for_ci() -> None:
     from taco_ros.cli import build_parser
-    from taco_ros.demo.run import settings_from_args
+    from taco_ros.demo.run import node_overrides, settings_from_args
 
     parser = build_parser()
     user = settings_from_args(parser.parse_args(['demo']))
@@ -102,6 +112,11 @@ def test_demo_defaults_are_the_user_sizes_and_small_is_for_ci() -> None:
     small = settings_from_args(parser.parse_args(['demo', '--small', '--fps', '4']))
     assert small.model_config == 'taco_tiny' and small.input_size == 256
     assert small.fps == 4.0 and small.width == 160 and small.device == 'cpu'
+    # The scene has two sources at once: the demo asks the node for up to 3 objects per window.
+    assert user.max_objects == small.max_objects == 3
+    assert node_overrides(small, random_weights=True)['max_objects'] == 3
+    one = settings_from_args(parser.parse_args(['demo', '--max-objects', '1']))
+    assert node_overrides(one, random_weights=False)['max_objects'] == 1
     with pytest.raises(ValueError, match='--size'):
         settings_from_args(argparse.Namespace(**{**vars(parser.parse_args(['demo'])),
                                                  'size': '640'}))

@@ -1,6 +1,7 @@
 """A synthetic scene for demos and tests: coloured shapes moving over a backdrop, with speech
-(espeak-ng), a tone and beeps (sox) separated by silences; written as a bag with ``scene.json``
-(the configuration and the true sound events) beside its metadata.yaml."""
+(espeak-ng), a tone and beeps (sox) between silences, the beeps starting while the tone still sounds
+(two sources at once); written as a bag with ``scene.json`` (the configuration and the true sound
+events) beside its metadata.yaml."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ SCENE_FILE = 'scene.json'      # description of a synthetic scene, next to metad
 @dataclass
 class SceneConfig:
     """A synthetic scene: coloured shapes moving over a backdrop; speech and tones that start and
-    stop, with silent stretches between them."""
+    stop, with silent stretches between them and one stretch where two sound at once."""
 
     width: int = 640
     height: int = 480
@@ -56,9 +57,9 @@ class SoundEvent:
     source: str        # name of the shape the sound is attributed to
 
 
-# Fractions of the scene's duration: silence, speech, silence, tone, silence, beeps, silence.
-_TIMELINE = (('speech', 0.08, 0.36, 'red ball'), ('tone', 0.46, 0.66, 'blue box'),
-             ('beeps', 0.76, 0.94, 'yellow triangle'))
+# Fractions of the scene's duration: silence, speech, silence, tone, tone + beeps, beeps, silence.
+_TIMELINE = (('speech', 0.08, 0.36, 'red ball'), ('tone', 0.46, 0.80, 'blue box'),
+             ('beeps', 0.66, 0.94, 'yellow triangle'))
 
 
 def scene_events(config: SceneConfig) -> list[SoundEvent]:
@@ -106,7 +107,8 @@ def tone_audio(seconds: float, frequency: float, sample_rate: int, workdir: Path
 
 
 def scene_audio(config: SceneConfig, events: list[SoundEvent]) -> np.ndarray:
-    """int16 mono soundtrack: each event's sound inside its span, silence elsewhere."""
+    """int16 mono soundtrack: each event's sound inside its span (overlapping ones mixed), silence
+    elsewhere."""
     rate = config.sample_rate
     track = np.zeros(round(config.duration * rate), dtype=np.float32)
     with tempfile.TemporaryDirectory(prefix='taco_scene_') as tmp:
@@ -131,7 +133,7 @@ def scene_audio(config: SceneConfig, events: list[SoundEvent]) -> np.ndarray:
             sound = sound[:length].copy()
             if fade:
                 sound[-fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)  # speech cut short
-            track[first:first + length] = sound
+            track[first:first + length] += sound
     return np.round(np.clip(track, -1.0, 1.0) * 32767.0).astype(np.int16)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from taco_ros.demo.run import CPU_RATE
+from taco_ros.demo.run import CPU_RATE, DEMO_MAX_OBJECTS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--device', default=None, help='auto, cpu, cuda or cuda:N')
     parser.add_argument('--vocabulary', nargs='+', default=None,
                         help='words to label with (default: the 527 AudioSet classes)')
+    parser.add_argument('--max-objects', type=int, default=DEMO_MAX_OBJECTS,
+                        help='sounding objects per window (taco_node max_objects; the scene has a '
+                        'stretch where two sources sound at once; 1 = TACO\'s single k*)')
     parser.add_argument('--small', action='store_true',
                         help='CI sizes: 4 s at 160x120, 5 fps, the toy model taco_tiny at 256-px '
                         'input on the CPU, 6 words')

@@ -96,7 +96,7 @@ def sound_at(events: Sequence[dict[str, Any]], begin: float, end: float) -> str:
 
 def window_caption(window: WindowResult, start_ns: int) -> str:
     t = (window.stamp_ns - start_ns) / 1e9
-    what = window.label or ('nothing sounding' if not window.sounding else '?')
+    what = ' + '.join(window.labels) or ('nothing sounding' if not window.sounding else '?')
     return f't={t:5.2f}s  {what}  conf {window.confidence:.2f}  {window.steps} steps'
 
 
@@ -192,7 +192,8 @@ def write_png(path: str | Path, image: np.ndarray) -> Path:
 
 def window_table(windows: Sequence[WindowResult], start_ns: int,
                  events: Sequence[dict[str, Any]] | None = None) -> str:
-    """Fixed-width table: one row per window (time, label, confidence, steps, latency)."""
+    """Fixed-width table: one row per window (time, labels of its objects, confidence, steps,
+    latency)."""
     header = ['time s', 'label', 'conf', 'steps', 'cold', 'latency ms']
     if events is not None:
         header.append('true sound')
@@ -200,7 +201,7 @@ def window_table(windows: Sequence[WindowResult], start_ns: int,
     for window in windows:
         latency = window.latency_ms
         row = [f'{(window.stamp_ns - start_ns) / 1e9:.2f}',
-               window.label or ('(nothing)' if not window.sounding else '?'),
+               ' + '.join(window.labels) or ('(nothing)' if not window.sounding else '?'),
                f'{window.confidence:.2f}', str(window.steps), 'yes' if window.cold_start else '',
                '' if latency is None else f'{latency:.0f}']
         if events is not None:

@@ -27,6 +27,7 @@ SMALL = {   # CI sizes: a few seconds of a small scene through the toy model con
 }
 SMALL_INPUT_SIZE = 256   # taco_tiny's frames resized to 256 px instead of 764: CPU keeps up
 CPU_RATE = 0.05
+DEMO_MAX_OBJECTS = 3   # the scene has two sources at once; the node's default stays 1 (TACO)
 DEFAULTS = {'duration': 12.0, 'size': '640x480', 'fps': 15.0, 'model_config': 'taco_convnext_large',
             'device': 'auto', 'vocabulary': None}
 
@@ -50,6 +51,7 @@ class DemoSettings:
     input_size: int | None = None     # frame size of a derived taco_tiny config (--small)
     live: bool = False
     domain_id: int | None = None      # --live only
+    max_objects: int = DEMO_MAX_OBJECTS
 
 
 def resized_model_config(name: str, input_size: int, directory: Path) -> str:
@@ -92,13 +94,14 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         compressed=args.compressed, model_config=model_config, model_dir=args.model_dir,
         input_size=input_size, device=device, vocabulary=pick('vocabulary'), rate=rate,
         startup_timeout=args.startup_timeout, drain_timeout=args.drain_timeout, live=args.live,
-        domain_id=args.domain_id)
+        domain_id=args.domain_id, max_objects=args.max_objects)
 
 
 def node_overrides(settings: DemoSettings, random_weights: bool) -> dict[str, Any]:
     """The demo's taco_node parameters on top of config/taco.yaml."""
     overrides: dict[str, Any] = {'model_config': settings.model_config, 'device': settings.device,
-                                 'allow_random_weights': random_weights}
+                                 'allow_random_weights': random_weights,
+                                 'max_objects': settings.max_objects}
     if settings.model_dir:
         overrides['model_dir'] = settings.model_dir
     if settings.vocabulary:
