@@ -91,6 +91,15 @@ def camera_with_depth(scene: PlaneScene | None, depth_pub: Any, info_pub: Any,
     return make_image
 
 
+def open_the_sounding_gate(node: Any) -> None:
+    """Random weights seldom reach the sounding threshold, and a window that is not sounding has no
+    object to place: lower the node's pipeline threshold to 0 (its real solver config, as the
+    pipeline tests do) so that every window has objects and masks."""
+    steps = int(node._p['solver_max_steps'])
+    with node._pipeline_lock:   # between windows
+        node._pipeline.update(solver_overrides={'max_steps': steps, 'sounding_threshold': 0.0})
+
+
 def mask_pixels(msg: Any) -> np.ndarray:
     """A mono8 ~/mask message as a [H, W] uint8 array."""
     assert msg.encoding == 'mono8', msg.encoding

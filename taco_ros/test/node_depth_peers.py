@@ -17,7 +17,7 @@ import traceback
 from typing import Any
 
 import rclpy
-from depth_fixtures import PlaneScene, camera_with_depth, stamp_key
+from depth_fixtures import PlaneScene, camera_with_depth, open_the_sounding_gate, stamp_key
 from node_fixtures import WINDOW_TIMEOUT, WORDS, NodeHarness, stream_until
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
@@ -99,6 +99,7 @@ def depth_outputs(config: dict[str, Any]) -> dict[str, Any]:
         if not harness.wait_connected(pubs):
             raise RuntimeError('the node did not subscribe to image, audio, depth and depth_camera_info')
         scene = PlaneScene(**config['scene'])
+        open_the_sounding_gate(harness.node)
         deadline = time.monotonic() + 4 * WINDOW_TIMEOUT
         while True:
             stream_until(harness, pubs[0], pubs[1], 2,

@@ -22,7 +22,7 @@ rclpy = pytest.importorskip('rclpy')
 pytest.importorskip('taco_msgs.msg')
 
 import node_fixtures  # noqa: E402
-from depth_fixtures import PlaneScene, camera_with_depth, placed_objects  # noqa: E402
+from depth_fixtures import PlaneScene, camera_with_depth, open_the_sounding_gate, placed_objects  # noqa: E402
 from interface_fixtures import TEST_DIR, dds_env, interface_workspace  # noqa: E402
 from node_fixtures import EVENT_TIMEOUT, WINDOW_TIMEOUT, NodeHarness, restart, stream_until  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
@@ -35,7 +35,7 @@ context, base = node_fixtures.context, node_fixtures.base
 PEERS = TEST_DIR / 'node_depth_peers.py'
 PEER_TIMEOUT_S = 1200.0
 POSITION_TOLERANCE = 1e-4    # metres: float32 depth, float64 maths on both sides
-DEPTH = {'use_depth': True, 'image_qos': 'reliable', 'depth_min_points': 1,
+DEPTH = {'use_depth': True, 'image_qos': 'reliable', 'depth_min_points': 1, 'max_objects': 3,
          'diagnostics_period': 0.5}
 
 
@@ -67,6 +67,7 @@ def pubs(harness: NodeHarness) -> Publishers:
 
 def stream_with_depth(harness: NodeHarness, pubs: Publishers, scene: PlaneScene | None,
                       windows: int = 2) -> None:
+    open_the_sounding_gate(harness.node)
     stream_until(harness, pubs.image, pubs.audio, windows,
                  make_image=camera_with_depth(scene, pubs.depth, pubs.info))
 
@@ -122,7 +123,7 @@ def test_without_depth_no_object_has_a_position_and_windows_are_counted(
     harness.recorder.clear()
     stream_with_depth(harness, pubs, None)
     arrays = harness.recorder.get('objects')
-    assert arrays, 'no window was published'
+    assert [o for a in arrays for o in a.objects], 'no window with an object was published'
     assert not [o for a in arrays for o in a.objects if o.has_position]
     assert _count(harness, 'windows_without_depth') >= before + len(arrays)
     assert harness.wait_for(lambda: float(harness.diagnostics_values('inputs').get(
@@ -137,7 +138,8 @@ def test_depth_off_subscribes_to_nothing_and_counts_nothing(harness: NodeHarness
         before = _count(harness, 'windows_without_depth')
         stream_with_depth(harness, pubs, PlaneScene(1.0))
         arrays = harness.recorder.get('objects')
-        assert arrays and not [o for a in arrays for o in a.objects if o.has_position]
+        assert [o for a in arrays for o in a.objects], 'no window with an object was published'
+        assert not [o for a in arrays for o in a.objects if o.has_position]
         assert _count(harness, 'windows_without_depth') == before
     finally:
         restart(harness, use_depth=True)
