@@ -150,7 +150,7 @@ class DepthInput:
             positions = self._positions(result, depth_array(stamped[1]), intrinsics_of(info))
         except ValueError as exc:    # a depth image that is not a resize of the frame
             self._node._stats.add('windows_without_depth')
-            self._node._stats.last_error = f'depth: {exc}'
+            self._node._stats.problem('unusable_depth', f'depth: {exc}')
             self._node.get_logger().warning(f'no 3D positions for this window: {exc}',
                                             throttle_duration_sec=THROTTLE_SEC)
             return [None] * len(result.objects)

@@ -21,7 +21,8 @@ from taco_ros.core.contract import TacoResult
 
 # Input problems (counted by NodeStats.problem) that turn the inputs status to WARN.
 INPUT_PROBLEMS = ('bad_images', 'zero_stamp_images', 'oversized_images', 'bad_audio',
-                  'empty_audio', 'oversized_audio', 'refused_audio', 'bad_depth', 'oversized_depth')
+                  'empty_audio', 'oversized_audio', 'refused_audio', 'bad_depth', 'oversized_depth',
+                  'unusable_depth')
 # Counters shown in the inputs status, in this order.
 INPUT_COUNTERS = ('images_received', 'audio_messages_received', *INPUT_PROBLEMS,
                   'refused_audio_chunks', 'held_audio_dropped', 'audio_format_changes',

@@ -133,6 +133,18 @@ def test_without_depth_no_object_has_a_position_and_windows_are_counted(
         'windows without depth', '0')) > before, EVENT_TIMEOUT)
 
 
+def test_depth_of_another_aspect_ratio_places_nothing_and_is_reported(
+        harness: NodeHarness, pubs: Publishers) -> None:
+    """A 100x100 depth image for 160x120 frames is not aligned to them: no position, counted."""
+    before = _count(harness, 'unusable_depth')
+    harness.recorder.clear()
+    arrays = stream_with_depth(harness, pubs, PlaneScene(1.0, '16UC1', 100, 100))
+    assert [o for a in arrays for o in a.objects], 'no window with an object was published'
+    assert not [o for a in arrays for o in a.objects if o.has_position]
+    assert _count(harness, 'unusable_depth') >= before + 1
+    assert 'different aspect ratios' in harness.node._stats.last_input_problem
+
+
 def test_depth_off_subscribes_to_nothing_and_counts_nothing(harness: NodeHarness,
                                                             pubs: Publishers) -> None:
     restart(harness, use_depth=False)
