@@ -21,12 +21,14 @@ from taco_ros.core.contract import TacoResult
 
 # Input problems (counted by NodeStats.problem) that turn the inputs status to WARN.
 INPUT_PROBLEMS = ('bad_images', 'zero_stamp_images', 'oversized_images', 'bad_audio',
-                  'empty_audio', 'oversized_audio', 'refused_audio')
+                  'empty_audio', 'oversized_audio', 'refused_audio', 'bad_depth', 'oversized_depth',
+                  'unusable_depth')
 # Counters shown in the inputs status, in this order.
 INPUT_COUNTERS = ('images_received', 'audio_messages_received', *INPUT_PROBLEMS,
                   'refused_audio_chunks', 'held_audio_dropped', 'audio_format_changes',
                   'unstamped_audio', 'audio_gaps', 'audio_gap_ms', 'late_audio_chunks',
-                  'dropped_audio_samples', 'stray_audio_samples', 'unpaired_camera_info')
+                  'dropped_audio_samples', 'stray_audio_samples', 'unpaired_camera_info',
+                  'depth_images_received', 'windows_without_depth', 'objects_without_position')
 # Window drop causes (WindowPolicy.drops) in the order they are reported.
 DROP_CAUSES = ('busy', 'no_frame', 'frame_evicted', 'expired', 'restart', 'unusable_frame')
 

@@ -14,11 +14,21 @@ vision_msgs conventions followed:
   ``taco_msgs/SoundingObject``), empty when the object is not tracked.
 * ``score`` is the word's score as on ``taco_msgs/SoundingObject`` (CLIP similarity), so both
   topics report the same number.
+* ``Detection3DArray`` (objects placed with depth only): the same header, ids and results; the box
+  centre is the object's position and its size the object's extent (camera optical frame, metres,
+  axis-aligned: orientation is the identity).
+
+visualization_msgs ``MarkerArray`` (for RViz): a DELETEALL first (objects of the previous window
+go), then per placed object a translucent CUBE over its extent (namespace ``objects``) and a
+TEXT_VIEW_FACING label above it (namespace ``labels``), both with the object's track id as marker
+id (untracked objects: minus their rank) and a lifetime of a few windows (a stalled node's markers
+fade).
 """
 
 from __future__ import annotations
 
 import array
+import colorsys
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +39,8 @@ import numpy as np
 from taco_ros import conversions as conv
 
 OUTPUT_DETECTIONS = 'detections'                   # vision_msgs/Detection2DArray (+ LabelInfo)
+OUTPUT_DETECTIONS_3D = 'detections_3d'             # vision_msgs/Detection3DArray (depth)
+OUTPUT_MARKERS = 'markers'                         # visualization_msgs/MarkerArray (depth)
 OUTPUT_MGONZS13_AUDIO = 'audio_common_stamped'     # mgonzs13 audio_common_msgs/AudioStamped
 OUTPUT_ROS_DRIVERS_AUDIO = 'audio_data_stamped'    # ros-drivers AudioDataStamped + AudioInfo
 UNLABELED_CLASS_ID = 65535                         # LabelInfo's reserved uint16 id
@@ -57,24 +69,35 @@ def optional_outputs() -> dict[str, OptionalOutput]:
     """Availability of each optional output in this environment (imports, never raises)."""
     return {
         OUTPUT_DETECTIONS: _vision_output(),
+        OUTPUT_DETECTIONS_3D: _vision_output(OUTPUT_DETECTIONS_3D),
+        OUTPUT_MARKERS: _markers_output(),
         OUTPUT_MGONZS13_AUDIO: _audio_output(OUTPUT_MGONZS13_AUDIO, conv.FLAVOUR_MGONZS13),
         OUTPUT_ROS_DRIVERS_AUDIO: _audio_output(OUTPUT_ROS_DRIVERS_AUDIO,
                                                 conv.FLAVOUR_ROS_DRIVERS),
     }
 
 
-def _vision_output() -> OptionalOutput:
+def _vision_output(name: str = OUTPUT_DETECTIONS) -> OptionalOutput:
     try:
         module = importlib.import_module('vision_msgs.msg')
     except ImportError:
-        return OptionalOutput(OUTPUT_DETECTIONS, False,
-                              'vision_msgs is not installed (ros-<distro>-vision-msgs)')
+        return OptionalOutput(name, False, 'vision_msgs is not installed (ros-<distro>-vision-msgs)')
     hypothesis = getattr(module, 'ObjectHypothesis', None)
     fields = getattr(hypothesis, '_fields_and_field_types', {}) or {}
     if fields.get('class_id') != 'string' or not hasattr(module, 'LabelInfo'):
-        return OptionalOutput(OUTPUT_DETECTIONS, False,
+        return OptionalOutput(name, False,
                               'vision_msgs is older than 4.x (no string class_id or LabelInfo)')
-    return OptionalOutput(OUTPUT_DETECTIONS, True)
+    return OptionalOutput(name, True)
+
+
+def _markers_output() -> OptionalOutput:
+    try:
+        module = importlib.import_module('visualization_msgs.msg')
+    except ImportError:
+        return OptionalOutput(OUTPUT_MARKERS, False, 'visualization_msgs is not installed')
+    if not hasattr(module, 'MarkerArray') or not hasattr(module.Marker, 'DELETEALL'):
+        return OptionalOutput(OUTPUT_MARKERS, False, 'visualization_msgs has no Marker DELETEALL')
+    return OptionalOutput(OUTPUT_MARKERS, True)
 
 
 def _audio_output(name: str, wanted: str) -> OptionalOutput:
@@ -134,24 +157,112 @@ def detection_array(result: Any, vocabulary: Sequence[str], header: Any) -> Any:
     return out
 
 
-def _detection(msgs: Any, obj: Any, ids: dict[str, int], header: Any) -> Any:
+def _hypotheses(msgs: Any, obj: Any, ids: dict[str, int]) -> list[Any]:
+    """The object's ranked words as ObjectHypothesisWithPose (class_id = vocabulary index)."""
     words = list(obj.top_labels) or [obj.label]
     scores = list(obj.top_scores) or [obj.score]
-    track_id = int(getattr(obj, 'track_id', 0))
-    detection = msgs.Detection2D(header=header, id=str(track_id) if track_id else '')
+    out = []
     for word, score in zip(words, scores, strict=True):
         if word not in ids:
             raise ValueError(f'label {word!r} is not in the vocabulary published in LabelInfo')
         hypothesis = msgs.ObjectHypothesisWithPose()
         hypothesis.hypothesis.class_id = str(ids[word])
         hypothesis.hypothesis.score = float(score)
-        detection.results.append(hypothesis)
+        out.append(hypothesis)
+    return out
+
+
+def _track_name(obj: Any) -> str:
+    track_id = int(getattr(obj, 'track_id', 0))
+    return str(track_id) if track_id else ''
+
+
+def _detection(msgs: Any, obj: Any, ids: dict[str, int], header: Any) -> Any:
+    detection = msgs.Detection2D(header=header, id=_track_name(obj))
+    detection.results = _hypotheses(msgs, obj, ids)
     x, y, w, h = (float(v) for v in obj.bbox)
     detection.bbox.center.position.x = x + w / 2.0
     detection.bbox.center.position.y = y + h / 2.0
     detection.bbox.center.theta = 0.0
     detection.bbox.size_x, detection.bbox.size_y = w, h
     return detection
+
+
+def detection_3d_array(result: Any, positions: Sequence[Any], vocabulary: Sequence[str],
+                       header: Any) -> Any:
+    """``vision_msgs/Detection3DArray`` of the objects with a position (``positions[i]``: the
+    :class:`taco_ros.core.geometry.ObjectPosition` of ``result.objects[i]`` or None)."""
+    msgs = _vision()
+    check_vocabulary(vocabulary)
+    ids = {str(word): index for index, word in enumerate(vocabulary)}
+    out = msgs.Detection3DArray(header=header)
+    for obj, place in zip(result.objects, positions, strict=True):
+        if place is None:
+            continue
+        detection = msgs.Detection3D(header=header, id=_track_name(obj))
+        detection.results = _hypotheses(msgs, obj, ids)
+        _set_point(detection.bbox.center.position, place.centroid)
+        detection.bbox.center.orientation.w = 1.0
+        _set_point(detection.bbox.size, place.size)
+        out.detections.append(detection)
+    return out
+
+
+def _set_point(target: Any, values: Any) -> None:
+    target.x, target.y, target.z = (float(v) for v in values)
+
+
+MARKER_NS_BOXES, MARKER_NS_LABELS = 'objects', 'labels'
+_MIN_MARKER_SIZE = 0.01     # metres: a flat (or one-pixel) object stays visible
+_TEXT_HEIGHT = 0.08
+
+
+def marker_array(result: Any, positions: Sequence[Any], header: Any, lifetime: float) -> Any:
+    """``visualization_msgs/MarkerArray``: DELETEALL, then a CUBE over each placed object's extent
+    and its label above it (see module doc); ``lifetime`` in seconds."""
+    msgs = _visualization()
+    stamp = conv.sec_to_stamp(lifetime)     # a Duration has the same two fields
+    delete_all = msgs.Marker(header=header, action=msgs.Marker.DELETEALL)
+    out = msgs.MarkerArray(markers=[delete_all])
+    for rank, (obj, place) in enumerate(zip(result.objects, positions, strict=True), start=1):
+        if place is None:
+            continue
+        marker_id = int(getattr(obj, 'track_id', 0)) or -rank
+        centre = (np.asarray(place.box_min, float) + np.asarray(place.box_max, float)) / 2.0
+        size = np.maximum(np.asarray(place.size, float), _MIN_MARKER_SIZE)
+        box = msgs.Marker(header=header, ns=MARKER_NS_BOXES, id=marker_id, type=msgs.Marker.CUBE,
+                          action=msgs.Marker.ADD)
+        _set_point(box.pose.position, centre)
+        box.pose.orientation.w = 1.0
+        _set_point(box.scale, size)
+        box.color.r, box.color.g, box.color.b = _track_colour(marker_id)
+        box.color.a = 0.5
+        label = msgs.Marker(header=header, ns=MARKER_NS_LABELS, id=marker_id,
+                            type=msgs.Marker.TEXT_VIEW_FACING, action=msgs.Marker.ADD,
+                            text=f'{obj.label} {float(obj.score):.2f}')
+        # Above the box: the optical frame's y points down.
+        _set_point(label.pose.position, (centre[0], centre[1] - size[1] / 2.0 - _TEXT_HEIGHT, centre[2]))
+        label.pose.orientation.w = 1.0
+        label.scale.z = _TEXT_HEIGHT
+        label.color.r = label.color.g = label.color.b = label.color.a = 1.0
+        for marker in (box, label):
+            marker.lifetime.sec, marker.lifetime.nanosec = stamp.sec, stamp.nanosec
+        out.markers += [box, label]
+    return out
+
+
+def _track_colour(marker_id: int) -> tuple[float, float, float]:
+    """A colour per track, the same in every window (golden-ratio hue steps)."""
+    hue = (abs(marker_id) * 0.618033988749895) % 1.0
+    red, green, blue = colorsys.hsv_to_rgb(hue, 0.8, 1.0)
+    return float(red), float(green), float(blue)
+
+
+def _visualization() -> Any:
+    available = _markers_output()
+    if not available.available:
+        raise ValueError(f'cannot build visualization_msgs output: {available.reason}')
+    return importlib.import_module('visualization_msgs.msg')
 
 
 # -------------------------------------------------------------------------- microphone outputs

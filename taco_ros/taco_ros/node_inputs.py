@@ -18,7 +18,8 @@ import bisect
 import importlib
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from rclpy.callback_groups import CallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
@@ -41,38 +42,52 @@ RAW_AUDIO_KINDS = (conv.AUDIO_DATA, conv.AUDIO_DATA_STAMPED)
 RAW_HOLD_SEC = 6.0
 RAW_HOLD_BYTES = 8 << 20       # 6 s of 48 kHz stereo S32LE is 2.3 MB
 MAX_CAMERA_INFOS = 256         # as many as frames held (taco_node.MAX_FRAMES); 0.5 kB each
+T = TypeVar('T')
 
 
-class CameraInfoStore:
-    """Recent CameraInfo messages by stamp (bounded), to pair one with a window's frame."""
+class StampedStore(Generic[T]):
+    """Recent messages by stamp (bounded in count and, optionally, in bytes), to pair one with a
+    window's frame. ``cost`` gives a message's size in bytes for ``max_bytes``."""
 
-    def __init__(self, capacity: int = MAX_CAMERA_INFOS) -> None:
+    def __init__(self, capacity: int = MAX_CAMERA_INFOS, max_bytes: int | None = None,
+                 cost: Callable[[T], int] | None = None) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self._cost = cost or (lambda _item: 0)
         self._stamps: list[float] = []
-        self._infos: list[CameraInfo] = []
+        self._items: list[T] = []
+        self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._stamps)
 
-    def add(self, stamp: float, info: CameraInfo) -> None:
+    def add(self, stamp: float, item: T) -> None:
         index = bisect.bisect_right(self._stamps, stamp)
         self._stamps.insert(index, stamp)
-        self._infos.insert(index, info)
-        if len(self._stamps) > self.capacity:   # the oldest go first
-            del self._stamps[0], self._infos[0]
+        self._items.insert(index, item)
+        self._bytes += self._cost(item)
+        while len(self._stamps) > self.capacity or (    # the oldest go first; the newest stays
+                self.max_bytes is not None and self._bytes > self.max_bytes and len(self._stamps) > 1):
+            self._bytes -= self._cost(self._items[0])
+            del self._stamps[0], self._items[0]
 
-    def nearest(self, stamp: float, tolerance: float) -> CameraInfo | None:
-        """The CameraInfo stamped nearest ``stamp``, if within ``tolerance`` seconds."""
+    def nearest(self, stamp: float, tolerance: float) -> T | None:
+        """The item stamped nearest ``stamp``, if within ``tolerance`` seconds."""
         index = bisect.bisect_left(self._stamps, stamp)
         best = min((i for i in (index - 1, index) if 0 <= i < len(self._stamps)),
                    key=lambda i: abs(self._stamps[i] - stamp), default=None)
         if best is None or abs(self._stamps[best] - stamp) > tolerance:
             return None
-        return self._infos[best]
+        return self._items[best]
 
     def clear(self) -> None:
         self._stamps.clear()
-        self._infos.clear()
+        self._items.clear()
+        self._bytes = 0
+
+
+class CameraInfoStore(StampedStore[CameraInfo]):
+    """Recent CameraInfo messages by stamp (bounded), to pair one with a window's frame."""
 
 
 class NodeInputs:

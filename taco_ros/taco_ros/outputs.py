@@ -34,6 +34,7 @@ from taco_msgs.msg import (
 )
 from taco_ros.conversions import numpy_to_image, sec_to_stamp
 from taco_ros.core.contract import AudioWindow, SoundingObjectResult, TacoResult
+from taco_ros.core.geometry import ObjectPosition
 
 UNLABELED = 65535           # vision_msgs LabelInfo: the largest id of the id type
 MASK_INSTANCE, MASK_CLASS = 'instance', 'class'
@@ -114,6 +115,16 @@ def object_message(obj: SoundingObjectResult, class_id: int = UNLABELED) -> Soun
         msg.class_id = int(class_id)
     msg.track_id = int(obj.track_id)
     return msg
+
+
+def set_positions(msg: SoundingObjectArray, positions: Sequence[ObjectPosition | None]) -> None:
+    """Fill has_position, position (the median point) and size (the 5-95 percentile extent) of the
+    objects placed with depth; camera optical frame, metres. The others keep has_position false."""
+    for obj, place in zip(msg.objects, positions, strict=True):
+        obj.has_position = place is not None
+        if place is not None:
+            obj.position.x, obj.position.y, obj.position.z = (float(v) for v in place.centroid)
+            obj.size.x, obj.size.y, obj.size.z = (float(v) for v in place.size)
 
 
 def activation_message(result: TacoResult, header: Header,

@@ -45,6 +45,8 @@ TOPIC_IMAGE_COMPRESSED = 'image/compressed'     # image_transport's naming for t
 TOPIC_CAMERA_INFO = 'camera_info'               # optional: republished with each window's frame
 TOPIC_AUDIO = 'audio'
 TOPIC_AUDIO_INFO = 'audio_info'                 # ros-drivers audio_common stream description
+TOPIC_DEPTH = 'depth'                           # optional (use_depth): depth aligned to the camera
+TOPIC_DEPTH_CAMERA_INFO = 'depth_camera_info'   # the depth image's calibration
 TOPIC_MASK = '~/mask'
 TOPIC_OBJECTS = '~/objects'
 TOPIC_AUDIO_ACTIVATION = '~/audio_activation'
@@ -53,6 +55,8 @@ TOPIC_LABEL_INFO = '~/label_info'
 TOPIC_PAIRED_CAMERA_INFO = '~/camera_info'
 TOPIC_DETECTIONS = '~/detections'               # vision_msgs/Detection2DArray (when installed)
 TOPIC_VISION_LABEL_INFO = '~/vision_label_info'  # vision_msgs/LabelInfo (~/label_info is taco_msgs')
+TOPIC_DETECTIONS_3D = '~/detections_3d'         # vision_msgs/Detection3DArray (use_depth)
+TOPIC_MARKERS = '~/markers'                     # visualization_msgs/MarkerArray (use_depth)
 TOPIC_DIAGNOSTICS = '/diagnostics'
 SERVICE_SET_VOCABULARY = '~/set_vocabulary'
 
@@ -99,6 +103,10 @@ TOPICS: list[TopicSpec] = [
       'best effort; and reliable + transient_local once a latched publisher appears',
       'format of ros-drivers AudioData(Stamped); until it (or audio_sample_format) is known, '
       'chunks are held (a few seconds)', 'audio_msg_type audio_data / audio_data_stamped'),
+    T(TOPIC_DEPTH, 'sensor_msgs/Image (16UC1 mm or 32FC1 m)', 'sub', 'image_qos (sensor_data)',
+      'depth aligned to the camera, paired like camera_info: places the objects in 3D', 'use_depth'),
+    T(TOPIC_DEPTH_CAMERA_INFO, 'sensor_msgs/CameraInfo', 'sub', 'image_qos (sensor_data)',
+      "the depth image's calibration (K), paired with it by stamp", 'use_depth'),
     T(TOPIC_MASK, 'sensor_msgs/Image (mono8 or mono16)', 'pub', RELIABLE_OUT,
       "same size and header as the paired frame; mask_encoding 'instance' (mono8): 0 background, "
       "v = objects[v-1]; 'class' (mono16): the class id of ~/label_info, 65535 background"),
@@ -120,6 +128,10 @@ TOPICS: list[TopicSpec] = [
     T(TOPIC_VISION_LABEL_INFO, 'vision_msgs/LabelInfo', 'pub',
       'reliable, transient_local, depth 1', 'the class ids of ~/detections (same ids as '
       '~/label_info); republished on change', VISION_MSGS_NEEDED),
+    T(TOPIC_DETECTIONS_3D, 'vision_msgs/Detection3DArray', 'pub', RELIABLE_OUT, 'objects placed with depth: '
+      'box centre = position, size = extent; ids as on ~/detections', f'use_depth, {VISION_MSGS_NEEDED}'),
+    T(TOPIC_MARKERS, 'visualization_msgs/MarkerArray', 'pub', RELIABLE_OUT, 'a box and a label per '
+      'object placed with depth, for RViz (after a DELETEALL)', 'use_depth, visualization_msgs installed'),
     T(TOPIC_DIAGNOSTICS, 'diagnostic_msgs/DiagnosticArray', 'pub', 'reliable, depth 10',
       'input rates, latency, per-stage times, drops, buffer fill, device, GPU memory; '
       'every diagnostics_period'),
@@ -299,8 +311,14 @@ PARAMETERS: list[ParamSpec] = [
       'otherwise.', 'inputs', applies='activate', choices=('', *SAMPLE_FORMATS)),
     P('audio_channel', -1, 'Channel used from multi-channel audio; -1 averages all channels.',
       'inputs', range=(-1, 63)),
-    P('max_image_pixels', 16_777_216, 'Frames with more pixels are refused (and reported).',
-      'inputs', range=(1, 1_000_000_000)),
+    P('max_image_pixels', 16_777_216, 'Frames and depth images with more pixels are refused (and '
+      'reported).', 'inputs', range=(1, 1_000_000_000)),
+    P('use_depth', False, 'Subscribe to depth and depth_camera_info and place each object in 3D (Sounding'
+      'Object position and size, ~/detections_3d, ~/markers).', 'inputs', applies='activate'),
+    P('depth_min', 0.1, 'Depths below this are no measurement, metres.', 'inputs', range=(0.0, 100.0)),
+    P('depth_max', 10.0, 'Depths beyond this are no measurement, metres.', 'inputs', range=(0.01, 1000.0)),
+    P('depth_min_points', 20, 'Fewest mask pixels with a valid depth that give an object a position.',
+      'inputs', range=(1, 1_000_000)),
     # -- windows --
     P('window_sec', 1.0, 'Length of the audio window factorised with one frame (TACO: 1 s).',
       'windows', range=(0.1, 7.0)),
@@ -521,6 +539,8 @@ def validate_together(values: dict[str, Any]) -> str | None:
     if values['latency_error'] < values['latency_warn']:
         return (f"latency_error ({values['latency_error']}) must be >= latency_warn "
                 f"({values['latency_warn']})")
+    if values['depth_max'] <= values['depth_min']:
+        return f"depth_max ({values['depth_max']}) must be above depth_min ({values['depth_min']})"
     context = CLAP_CONTEXT_SEC if values['audio_context'] == 'history' else 0.0
     needed = values['window_sec'] + context + 1.0
     if values['buffer_sec'] < needed:

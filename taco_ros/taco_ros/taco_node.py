@@ -17,9 +17,11 @@ A ``rclpy.lifecycle.LifecycleNode`` around :class:`taco_ros.core.pipeline.TacoPi
 
 With ``autostart`` (default) :func:`main` runs configure + activate itself.
 
-Optional outputs (:mod:`taco_ros.interop`): with vision_msgs 4.x importable, ``~/detections`` and
-``~/vision_label_info`` are published too; without it the node runs on taco_msgs alone and says
-so once at configure. The topics, QoS and mask values: docs/ros_interface.md.
+Optional outputs (:mod:`taco_ros.optional_outputs`): with vision_msgs 4.x importable, ``~/detections``
+and ``~/vision_label_info`` are published too; without it the node runs on taco_msgs alone and says
+so once at configure. With ``use_depth`` an aligned depth image places each object in 3D
+(:mod:`taco_ros.depth_input`): SoundingObject position and size, ``~/detections_3d`` and
+``~/markers`` (visualization_msgs). The topics, QoS and mask values: docs/ros_interface.md.
 
 Threads: the executor (single-threaded: every callback is short) runs the image and audio
 callbacks (:mod:`taco_ros.node_inputs`), which only check and store, and the services and timers.
@@ -35,7 +37,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import gc
-import importlib
 import sys
 import threading
 import time
@@ -59,10 +60,11 @@ from std_msgs.msg import Header
 from taco_msgs.msg import AudioActivation, LabelInfo, SoundingObjectArray
 from taco_msgs.srv import SetVocabulary
 from taco_ros import conversions as conv
-from taco_ros import diagnostics, interop, outputs, params
+from taco_ros import diagnostics, interop, optional_outputs, outputs, params
 from taco_ros.audio_formats import RawAudioGate
 from taco_ros.core.contract import TacoResult
 from taco_ros.core.windows import WindowJob, WindowPolicy
+from taco_ros.depth_input import DepthInput
 from taco_ros.node_inputs import THROTTLE_SEC, CameraInfoStore, NodeInputs
 from taco_ros.node_parameters import NodeParameters
 from taco_ros.window_worker import WindowWorker
@@ -111,6 +113,7 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
         self._raw_gate = RawAudioGate()
         self._latched_info_sub: Any = None
         self._camera_infos = CameraInfoStore()
+        self._depth = DepthInput(self)
         self._audio_kind: str | None = None
         self._outputs: dict[str, Any] = {}
         self._optional_off = ''
@@ -184,6 +187,7 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
             self._policy.configure(self.window_settings())
             self._policy.reset()
             self._camera_infos.clear()
+        self._depth.clear()
 
     def _make_publishers(self) -> None:
         reliable = QoSProfile(depth=params.OUTPUT_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
@@ -198,20 +202,9 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
             'label_info': make(LabelInfo, params.TOPIC_LABEL_INFO, latched),
             'camera_info': make(CameraInfo, params.TOPIC_PAIRED_CAMERA_INFO, reliable),
         }
-        detections = interop.optional_outputs()[interop.OUTPUT_DETECTIONS]
-        if detections.available:
-            vision = importlib.import_module('vision_msgs.msg')
-            self._outputs['detections'] = make(
-                vision.Detection2DArray, params.TOPIC_DETECTIONS, reliable)
-            self._outputs['vision_label_info'] = make(
-                vision.LabelInfo, params.TOPIC_VISION_LABEL_INFO, latched)
-            self._optional_off = ''
-            self.get_logger().info(f'vision_msgs found: publishing {params.TOPIC_DETECTIONS} and '
-                                   f'{params.TOPIC_VISION_LABEL_INFO}')
-        else:
-            self._optional_off = (f'{params.TOPIC_DETECTIONS}, {params.TOPIC_VISION_LABEL_INFO}: '
-                                  f'{detections.reason}')
-            self.get_logger().info(f'optional outputs off: {self._optional_off}')
+        extra, self._optional_off = optional_outputs.make_publishers(make, reliable, latched,
+                                                                     self.get_logger())
+        self._outputs.update(extra)
 
     @_logged_transition
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -224,6 +217,7 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
         self._reset_inputs()
         self._subscribe_image()
         self._subscribe_camera_info()
+        self._depth.subscribe()
         self._subscribe_audio()
         self._lifecycle = 'active'
         self._worker = WindowWorker(self._on_tick, TICK_PERIOD, self._window_failed)
@@ -369,6 +363,8 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
         header = job.frame.header
         messages = outputs.window_messages(result, header, job.window, vocabulary,
                                            self._p['mask_encoding'])
+        positions = self._depth.locate(result, job.frame_stamp)
+        outputs.set_positions(messages.objects, positions)
         pubs = self._outputs
         pubs['mask'].publish(messages.mask)
         pubs['objects'].publish(messages.objects)
@@ -377,13 +373,8 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
             pubs['debug'].publish(outputs.debug_image_message(
                 frame, result, header, self._p['debug_alpha']))
         self._publish_camera_info(job, header)
-        if 'detections' in pubs:
-            try:
-                pubs['detections'].publish(interop.detection_array(result, vocabulary, header))
-            except ValueError as exc:   # a label outside the vocabulary: no id names it
-                self._stats.add('skipped_detections')
-                self.get_logger().warning(f'no detections for this window: {exc}',
-                                          throttle_duration_sec=THROTTLE_SEC)
+        optional_outputs.publish(pubs, result, positions, vocabulary, header, self._p,
+                                 self.get_logger(), self._stats)
 
     def _publish_camera_info(self, job: WindowJob[FrameMsg], header: Any) -> None:
         """The CameraInfo nearest the window's frame, re-stamped with the frame's header."""

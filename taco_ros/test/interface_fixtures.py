@@ -1,7 +1,8 @@
 """Third-party interface packages for the interoperability tests, built with colcon and cached.
 
-``test/interfaces/`` holds field-for-field copies of vision_msgs and of both audio_common_msgs
-flavours (each directory's SOURCE.md names the upstream commit). The two audio_common_msgs share
+``test/interfaces/`` holds field-for-field copies of vision_msgs, visualization_msgs (the messages
+taco_node publishes, built in the vision workspace) and of both audio_common_msgs flavours (each
+directory's SOURCE.md names the upstream commit). The two audio_common_msgs share
 their package name, so every package gets a workspace of its own. A workspace is built the way
 scripts/setup.sh builds taco_msgs (the venv's colcon, the venv and the repository's install/ as
 prefixes) into ``$TMPDIR/taco_ros_test_interfaces/<name>-<content hash>``: a later test run (or
@@ -43,6 +44,8 @@ WORKSPACES = {
     'ros_drivers_audio': 'ros_drivers_audio_common_msgs',
     'mgonzs13_audio': 'mgonzs13_audio_common_msgs',
 }
+# workspace name → further packages built into it (a node process imports them together)
+COMPANIONS = {'vision': ('visualization_msgs',)}
 
 
 def cache_root() -> Path:
@@ -102,13 +105,18 @@ class InterfaceWorkspace:
         return hashes[f'{package}/msg/{message}']
 
 
-def _content_hash(package_dir: Path) -> str:
+def _packages(name: str) -> list[Path]:
+    return [INTERFACES / WORKSPACES[name], *(INTERFACES / extra for extra in COMPANIONS.get(name, ()))]
+
+
+def _content_hash(packages: list[Path]) -> str:
     """Hash of the package sources and of the tools and dependencies they are built with."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in package_dir.rglob('*') if p.is_file() and p.suffix != '.md'):
-        digest.update(str(path.relative_to(package_dir)).encode() + b'\0' + path.read_bytes())
+    for package_dir in packages:
+        for path in sorted(p for p in package_dir.rglob('*') if p.is_file() and p.suffix != '.md'):
+            digest.update(str(path.relative_to(INTERFACES)).encode() + b'\0' + path.read_bytes())
     digest.update(f'{sys.version}\0{VENV.resolve()}\0'.encode())
-    for dependency in ('std_msgs', 'geometry_msgs', 'rosidl_generator_py'):
+    for dependency in ('std_msgs', 'geometry_msgs', 'sensor_msgs', 'rosidl_generator_py'):
         xml = VENV / 'share' / dependency / 'package.xml'
         digest.update(xml.read_bytes() if xml.exists() else b'missing')
     return digest.hexdigest()[:16]
@@ -137,9 +145,10 @@ def _build_env() -> dict[str, str]:
     return env
 
 
-def _build(package: Path, root: Path) -> None:
+def _build(packages: list[Path], root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
-    shutil.copytree(package, root / 'src' / package.name)
+    for package in packages:
+        shutil.copytree(package, root / 'src' / package.name)
     command = [sys.executable, '-m', 'colcon', '--log-base', str(root / 'log'), 'build',
                '--base-paths', str(root / 'src'), '--build-base', str(root / 'build'),
                '--install-base', str(root / 'install'), '--event-handlers', 'console_cohesion-',
@@ -149,7 +158,7 @@ def _build(package: Path, root: Path) -> None:
     result = subprocess.run(command, capture_output=True, text=True, env=_build_env(),
                             timeout=BUILD_TIMEOUT_S, cwd=root)
     if result.returncode != 0:
-        raise RuntimeError(f'colcon build of {package.name} failed:\n'
+        raise RuntimeError(f'colcon build of {[p.name for p in packages]} failed:\n'
                            f'{result.stdout[-6000:]}\n{result.stderr[-3000:]}')
     (root / 'BUILT').write_text(f'{time.monotonic() - started:.0f} s\n')
 
@@ -157,11 +166,11 @@ def _build(package: Path, root: Path) -> None:
 @functools.cache
 def interface_workspace(name: str) -> InterfaceWorkspace:
     """The built workspace ``name`` (one of WORKSPACES), building it unless cached."""
-    package = INTERFACES / WORKSPACES[name]
-    root = cache_root() / f'{name}-{_content_hash(package)}'
+    packages = _packages(name)
+    root = cache_root() / f'{name}-{_content_hash(packages)}'
     with _locked(root.with_name(root.name + '.lock')):
         if not (root / 'BUILT').exists():
-            _build(package, root)
+            _build(packages, root)
     return InterfaceWorkspace(name, WORKSPACES[name], root)
 
 

@@ -19,6 +19,7 @@ import pytest
 pytest.importorskip('rclpy')
 
 from interface_fixtures import (
+    COMPANIONS,
     INTERFACES,
     WORKSPACES,
     InterfaceWorkspace,
@@ -58,21 +59,29 @@ def test_test_packages_have_the_upstream_type_hashes(name: str) -> None:
     """A type hash covers every field name and type, nested types included: equal hashes mean
     the copies are wire-compatible with the released packages (Jazzy and later match on it)."""
     workspace = interface_workspace(name)
-    upstream = UPSTREAM[WORKSPACES[name]]
-    built = {message: workspace.type_hash(upstream['package'], message)
-             for message in upstream['type_hashes']}
-    assert built == upstream['type_hashes']
+    for package_dir in (WORKSPACES[name], *COMPANIONS.get(name, ())):
+        upstream = UPSTREAM[package_dir]
+        built = {message: workspace.type_hash(upstream['package'], message)
+                 for message in upstream['type_hashes']}
+        assert built == upstream['type_hashes'], package_dir
 
 
 def test_optional_outputs_say_why_not_here() -> None:
     outputs = interop.optional_outputs()
-    assert set(outputs) == {interop.OUTPUT_DETECTIONS, interop.OUTPUT_MGONZS13_AUDIO,
+    assert set(outputs) == {interop.OUTPUT_DETECTIONS, interop.OUTPUT_DETECTIONS_3D,
+                            interop.OUTPUT_MARKERS, interop.OUTPUT_MGONZS13_AUDIO,
                             interop.OUTPUT_ROS_DRIVERS_AUDIO}
     if importlib.util.find_spec('vision_msgs') is None:
         assert not outputs[interop.OUTPUT_DETECTIONS].available
         assert 'vision_msgs is not installed' in outputs[interop.OUTPUT_DETECTIONS].reason
         with pytest.raises(ValueError, match='vision_msgs is not installed'):
             interop.label_info(['dog', 'cat'], None, 0.5)
+        assert not outputs[interop.OUTPUT_DETECTIONS_3D].available
+    if importlib.util.find_spec('visualization_msgs') is None:
+        assert outputs[interop.OUTPUT_MARKERS] == interop.OptionalOutput(
+            interop.OUTPUT_MARKERS, False, 'visualization_msgs is not installed')
+        with pytest.raises(ValueError, match='visualization_msgs is not installed'):
+            interop.marker_array(None, [], None, 1.0)
     if importlib.util.find_spec('audio_common_msgs') is None:
         for name in (interop.OUTPUT_MGONZS13_AUDIO, interop.OUTPUT_ROS_DRIVERS_AUDIO):
             assert outputs[name] == interop.OptionalOutput(
@@ -86,7 +95,7 @@ def test_vocabulary_must_leave_the_unlabeled_class_id_free() -> None:
 
 
 @pytest.mark.parametrize('name,available', [
-    ('vision', {interop.OUTPUT_DETECTIONS}),
+    ('vision', {interop.OUTPUT_DETECTIONS, interop.OUTPUT_DETECTIONS_3D, interop.OUTPUT_MARKERS}),
     ('ros_drivers_audio', {interop.OUTPUT_ROS_DRIVERS_AUDIO}),
     ('mgonzs13_audio', {interop.OUTPUT_MGONZS13_AUDIO}),
 ])

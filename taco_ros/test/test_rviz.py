@@ -14,6 +14,9 @@ from taco_ros import params
 pytestmark = pytest.mark.robot
 
 RVIZ_FILE = REPO / 'taco_ros' / 'config' / 'taco.rviz'
+# RViz display class → the message type it shows
+DISPLAYED_TYPES = {'rviz_default_plugins/Image': 'sensor_msgs/Image',
+                   'rviz_default_plugins/MarkerArray': 'visualization_msgs/MarkerArray'}
 
 
 @pytest.fixture(scope='module')
@@ -61,11 +64,11 @@ def test_displays_show_the_overlay_and_the_mask_published_by_taco_node(rviz: dic
         topic = '/' + display['Topic']['Value'].lstrip('/')
         assert topic in published, f'{display["Name"]} shows {topic}, which taco_node does not publish'
         spec = published[topic]
-        assert display['Class'] == 'rviz_default_plugins/Image'
-        assert spec.type.startswith('sensor_msgs/Image'), (topic, spec.type)
+        message_type = DISPLAYED_TYPES[display['Class']]
+        assert spec.type.startswith(message_type), (topic, spec.type)
         # A reliable RViz subscription gets nothing from a best-effort publisher.
         if display['Topic']['Reliability Policy'] == 'Reliable':
             assert spec.qos.startswith('reliable'), (topic, spec.qos)
         assert display['Topic']['Durability Policy'] == 'Volatile'
         shown[topic] = display['Enabled']
-    assert shown == {'/taco_node/debug_image': True, '/taco_node/mask': True}
+    assert shown == {'/taco_node/debug_image': True, '/taco_node/mask': True, '/taco_node/markers': True}
