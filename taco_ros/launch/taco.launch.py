@@ -72,7 +72,7 @@ TACO_OVERRIDES = {
 MIC_OVERRIDES = {'mic_device': ('device', str)}
 RVIZ_OVERRIDES = {'use_sim_time': ('use_sim_time', bool)}
 # Topics of taco.rviz, relative to the launch namespace.
-RVIZ_TOPICS = ('debug_image', 'mask')
+RVIZ_TOPICS = ('debug_image', 'mask', 'markers')
 
 
 def switch(arguments: dict, name: str) -> bool:

@@ -327,7 +327,7 @@ PARAMETERS: list[ParamSpec] = [
       'windows', choices=PAIR_WITH),
     P('pair_tolerance', 0.1, 'Largest |frame stamp - pairing time| accepted, seconds.', 'windows',
       range=(0.0, 5.0)),
-    P('frame_wait', 0.2, 'How far the audio may run past the pairing time while waiting for a '
+    P('frame_wait', 0.5, 'How far the audio may run past the pairing time while waiting for a '
       'later frame, seconds.', 'windows', range=(0.0, 5.0)),
     P('buffer_sec', 10.0, 'Audio ring buffer length, seconds.', 'windows', applies='configure',
       range=(2.0, 120.0)),

@@ -229,8 +229,9 @@ def test_rviz_shows_the_outputs_of_this_instance(description: Any, overrides: di
     taco_ns = str(resolver.value(taco.kwargs['namespace']))
     rviz_ns = str(resolver.value(rviz.kwargs['namespace']))
     node_name = str(resolver.value(taco.kwargs['name']))
+    shown_types = ('sensor_msgs/Image', 'visualization_msgs/MarkerArray')   # what RViz draws
     published = {expand(spec.name, taco_ns, node_name) for spec in params.TOPICS
-                 if spec.direction == 'pub' and spec.type.startswith('sensor_msgs/Image')}
+                 if spec.direction == 'pub' and spec.type.startswith(shown_types)}
     config = yaml.safe_load(RVIZ_FILE.read_text())
     shown = {remapped(display['Topic']['Value'], resolver.remappings(rviz), rviz_ns, 'rviz2')
              for display in config['Visualization Manager']['Displays']}

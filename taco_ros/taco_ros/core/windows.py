@@ -91,7 +91,7 @@ class WindowSettings:
     hop_sec: float = 1.0
     pair_with: str = 'end'
     pair_tolerance: float = 0.1
-    frame_wait: float = 0.2
+    frame_wait: float = 0.5   # raw 30 Hz frames can lag the audio by 0.3 s (bench_soak.py)
     buffer_sec: float = 10.0
     stamp_tolerance: float = 0.02
     cold_start_gap: float = 0.25
