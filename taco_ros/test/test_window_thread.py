@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,23 @@ def _thread_cpu(native_id: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
+@contextmanager
+def _stream(harness: NodeHarness) -> Iterator[StreamPublisher]:
+    """A paced camera + microphone stream into the node; the pipeline's own process is put back."""
+    image_pub = harness.publisher(Image, '/image', 'reliable', depth=100)
+    audio_pub = harness.publisher(AudioChunk, '/audio', 'reliable', depth=200)
+    stream = StreamPublisher(harness, image_pub, audio_pub)
+    try:
+        assert harness.wait_connected([image_pub, audio_pub])
+        stream.start(WINDOW_TIMEOUT)
+        yield stream
+    finally:
+        stream.stop()
+        harness.node._pipeline.__dict__.pop('process', None)
+        for pub in (image_pub, audio_pub):
+            harness.peer.destroy_publisher(pub)
+
+
 @pytest.mark.ros
 @pytest.mark.skipif(not Path('/proc/self/task').is_dir(), reason='reads thread CPU from /proc')
 def test_executor_stays_idle_and_inputs_flow_while_a_window_computes(shared: NodeHarness) -> None:
@@ -99,12 +118,7 @@ def test_executor_stays_idle_and_inputs_flow_while_a_window_computes(shared: Nod
         return real(frame, window)
 
     node._pipeline.process = busy
-    image_pub = shared.publisher(Image, '/image', 'reliable', depth=100)
-    audio_pub = shared.publisher(AudioChunk, '/audio', 'reliable', depth=200)
-    stream = StreamPublisher(shared, image_pub, audio_pub)
-    try:
-        assert shared.wait_connected([image_pub, audio_pub])
-        stream.start(WINDOW_TIMEOUT)
+    with _stream(shared) as stream:
         assert entered.wait(WINDOW_TIMEOUT), 'no window reached the pipeline'
         executor_thread = shared._thread.native_id
         cpu, images = _thread_cpu(executor_thread), stream._received('images')
@@ -121,11 +135,6 @@ def test_executor_stays_idle_and_inputs_flow_while_a_window_computes(shared: Nod
             'no frame was taken while a window computed'
         assert done.wait(WINDOW_TIMEOUT)
         assert shared.wait_for(lambda: shared.recorder.count('objects') >= 1, WINDOW_TIMEOUT)
-    finally:
-        stream.stop()
-        node._pipeline.__dict__.pop('process', None)
-        for pub in (image_pub, audio_pub):
-            shared.peer.destroy_publisher(pub)
 
 
 @pytest.mark.ros
@@ -142,17 +151,7 @@ def test_a_window_that_raises_is_counted_and_the_next_ones_run(shared: NodeHarne
 
     node._pipeline.process = failing_once
     errors = node._stats.counts.get('errors', 0)
-    image_pub = shared.publisher(Image, '/image', 'reliable', depth=100)
-    audio_pub = shared.publisher(AudioChunk, '/audio', 'reliable', depth=200)
-    stream = StreamPublisher(shared, image_pub, audio_pub)
-    try:
-        assert shared.wait_connected([image_pub, audio_pub])
-        stream.start(WINDOW_TIMEOUT)
+    with _stream(shared):
         assert shared.wait_for(lambda: shared.recorder.count('objects') >= 1, WINDOW_TIMEOUT)
-    finally:
-        stream.stop()
-        node._pipeline.__dict__.pop('process', None)
-        for pub in (image_pub, audio_pub):
-            shared.peer.destroy_publisher(pub)
     assert node._stats.counts.get('errors', 0) == errors + 1
     assert 'injected window failure' in node._stats.last_error
