@@ -81,18 +81,29 @@ def pixel_view(encoding: str, height: int, width: int, step: int, data: Any,
     ``step`` shorter than a row, an odd width for 4:2:2 YUV or data shorter than the rows.
     """
     layout = layout_of(encoding)
-    if height <= 0 or width <= 0:
-        raise ValueError(f'image has no pixels ({width}x{height})')
     if max_pixels is not None and height * width > max_pixels:
         raise ValueError(
             f'image {width}x{height} has {height * width} pixels, more than max_image_pixels '
             f'= {max_pixels}')
     if layout.family.startswith('yuv') and width % 2:
         raise ValueError(f'{encoding} pairs pixels, so its width must be even (got {width})')
-    row_bytes = width * layout.bytes_per_pixel
+    sample = layout.depth // 8
+    dtype = np.dtype(np.uint8) if sample == 1 else np.dtype('>u2' if is_bigendian else '<u2')
+    return strided_view(height, width, step, data, dtype, layout.channels, encoding=encoding)
+
+
+def strided_view(height: int, width: int, step: int, data: Any, dtype: np.dtype, channels: int = 1,
+                 *, encoding: str = '', what: str = 'image') -> np.ndarray:
+    """Checked, zero-copy, read-only [height, width, channels] view of ``dtype`` samples in rows of
+    ``step`` bytes (colour frames and depth images alike). ValueError, naming ``what``, for no
+    pixels, a ``step`` shorter than a row or data shorter than the rows."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f'{what} has no pixels ({width}x{height})')
+    bytes_per_pixel = channels * dtype.itemsize
+    row_bytes = width * bytes_per_pixel
     if step < row_bytes:
         raise ValueError(
-            f'image step {step} is shorter than one row of {width} {encoding} pixels '
+            f'{what} step {step} is shorter than one row of {width} {encoding} pixels '
             f'({row_bytes} bytes)')
     buffer = memoryview(data).cast('B')
     # The definition says len(data) == step * height; some drivers omit the last row's padding,
@@ -100,12 +111,9 @@ def pixel_view(encoding: str, height: int, width: int, step: int, data: Any,
     needed = (height - 1) * step + row_bytes
     if buffer.nbytes < needed:
         raise ValueError(
-            f'image data has {buffer.nbytes} bytes, {height} rows of step {step} need '
-            f'{step * height}')
-    sample = layout.depth // 8
-    dtype = np.dtype(np.uint8) if sample == 1 else np.dtype('>u2' if is_bigendian else '<u2')
-    view = np.ndarray(shape=(height, width, layout.channels), dtype=dtype, buffer=buffer,
-                      strides=(step, layout.bytes_per_pixel, sample))
+            f'{what} data has {buffer.nbytes} bytes, {height} rows of step {step} need {needed}')
+    view = np.ndarray(shape=(height, width, channels), dtype=dtype, buffer=buffer,
+                      strides=(step, bytes_per_pixel, dtype.itemsize))
     view.flags.writeable = False
     return view
 

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image
 
+from taco_ros import camera_encodings, params
 from taco_ros import conversions as conv
-from taco_ros import params
 from taco_ros.core.contract import TacoResult
 from taco_ros.core.geometry import ObjectPosition, PinholeIntrinsics, depth_in_metres, object_position
 from taco_ros.node_inputs import THROTTLE_SEC, CameraInfoStore, StampedStore
@@ -33,33 +33,29 @@ MAX_DEPTH_IMAGES = 64           # 2 s of a 30 Hz camera: windows are paired with
 MAX_DEPTH_BYTES = 256 << 20     # 64 images of 1280x720 32FC1 would be 236 MB
 
 
-def check_depth_image(msg: Image, max_pixels: int) -> None:
-    """Raise ValueError when a depth Image cannot be read (sizes checked, nothing copied)."""
+def _depth_view(msg: Image, max_pixels: int | None = None) -> np.ndarray:
+    """Checked, zero-copy [H, W] view of a depth Image's values (in the message's byte order)."""
     dtype = DEPTH_ENCODINGS.get(msg.encoding)
     if dtype is None:
         raise ValueError(f'depth encoding {msg.encoding!r} is not one of {", ".join(DEPTH_ENCODINGS)}')
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height <= 0 or width <= 0:
-        raise ValueError(f'depth image has no pixels ({width}x{height})')
-    if height * width > max_pixels:
+    height, width = int(msg.height), int(msg.width)
+    if max_pixels is not None and height * width > max_pixels:
         raise conv.InputTooLargeError(f'depth image {width}x{height} has {height * width} pixels, '
                                       f'more than max_image_pixels = {max_pixels}')
-    row_bytes = width * dtype.itemsize
-    if step < row_bytes:
-        raise ValueError(f'depth step {step} is shorter than one row of {width} {msg.encoding} '
-                         f'pixels ({row_bytes} bytes)')
-    needed = (height - 1) * step + row_bytes
-    size = memoryview(msg.data).nbytes
-    if size < needed:
-        raise ValueError(f'depth data has {size} bytes, {height} rows of step {step} need {needed}')
+    dtype = dtype.newbyteorder('>' if msg.is_bigendian else '<')
+    return camera_encodings.strided_view(height, width, int(msg.step), msg.data, dtype,
+                                         encoding=msg.encoding, what='depth')[..., 0]
+
+
+def check_depth_image(msg: Image, max_pixels: int) -> None:
+    """Raise ValueError when a depth Image cannot be read (sizes checked, nothing copied)."""
+    _depth_view(msg, max_pixels)
 
 
 def depth_array(msg: Image) -> np.ndarray:
     """A checked depth Image's values as a native-endian [H, W] uint16 or float32 copy."""
-    dtype = DEPTH_ENCODINGS[msg.encoding].newbyteorder('>' if msg.is_bigendian else '<')
-    view = np.ndarray(shape=(int(msg.height), int(msg.width)), dtype=dtype,
-                      buffer=memoryview(msg.data).cast('B'), strides=(int(msg.step), dtype.itemsize))
-    return view.astype(dtype.newbyteorder('='), copy=True)
+    view = _depth_view(msg)
+    return view.astype(view.dtype.newbyteorder('='), copy=True)
 
 
 def intrinsics_of(info: CameraInfo) -> PinholeIntrinsics:
