@@ -74,7 +74,7 @@ from taco_msgs.msg import AudioChunk  # noqa: E402
 
 context, base, shared = node_fixtures.context, node_fixtures.base, node_fixtures.shared
 
-BUSY_SEC = 4.0       # a window of pure-Python work (it holds the GIL, as model code does in stretches)
+# A window of pure-Python work (it holds the GIL, as model code does in stretches) until measured.
 MEASURE_SEC = 2.0
 
 
@@ -106,34 +106,34 @@ def _stream(harness: NodeHarness) -> Iterator[StreamPublisher]:
 def test_executor_stays_idle_and_inputs_flow_while_a_window_computes(shared: NodeHarness) -> None:
     restart(shared)
     node = shared.node
-    entered, done = threading.Event(), threading.Event()
+    entered, measured = threading.Event(), threading.Event()
     real = node._pipeline.process
 
     def busy(frame: Any, window: Any) -> Any:
         entered.set()
-        until, spins = time.monotonic() + BUSY_SEC, 0
-        while time.monotonic() < until:
+        until, spins = time.monotonic() + WINDOW_TIMEOUT, 0
+        while not measured.is_set() and time.monotonic() < until:
             spins += sum(range(200))
-        done.set()
         return real(frame, window)
 
     node._pipeline.process = busy
     with _stream(shared) as stream:
-        assert entered.wait(WINDOW_TIMEOUT), 'no window reached the pipeline'
-        executor_thread = shared._thread.native_id
-        cpu, images = _thread_cpu(executor_thread), stream._received('images')
-        started = time.monotonic()
-        time.sleep(MEASURE_SEC)
-        if done.is_set():
-            pytest.skip('the machine was too busy to measure within one window')
-        used = _thread_cpu(executor_thread) - cpu
-        elapsed = time.monotonic() - started
-        # Only the input callbacks run there now (a few ms a second); the spinning executor used
-        # all of a core.
-        assert used < 0.25 * elapsed, f'executor thread used {used:.2f} s CPU in {elapsed:.2f} s'
-        assert shared.wait_for(lambda: stream._received('images') > images, EVENT_TIMEOUT), \
-            'no frame was taken while a window computed'
-        assert done.wait(WINDOW_TIMEOUT)
+        try:
+            assert entered.wait(WINDOW_TIMEOUT), 'no window reached the pipeline'
+            executor_thread = shared._thread.native_id
+            cpu, images = _thread_cpu(executor_thread), stream._received('images')
+            started = time.monotonic()
+            time.sleep(MEASURE_SEC)
+            used = _thread_cpu(executor_thread) - cpu
+            elapsed = time.monotonic() - started
+            # Only the input callbacks run there now (0.1-0.2 s of CPU a second at most, measured
+            # under stress-ng); the spinning executor used all of a core on an idle machine (on a
+            # loaded one it gets less, so only there the old node can pass this).
+            assert used < 0.25 * elapsed, f'executor thread used {used:.2f} s CPU in {elapsed:.2f} s'
+            assert shared.wait_for(lambda: stream._received('images') > images, EVENT_TIMEOUT), \
+                'no frame was taken while a window computed'
+        finally:
+            measured.set()     # the window computed until here
         assert shared.wait_for(lambda: shared.recorder.count('objects') >= 1, WINDOW_TIMEOUT)
 
 
