@@ -152,6 +152,24 @@ def test_frame_wait_stall_and_end_of_stream() -> None:
     assert policy.next_job(T0 + 3.1).frame == 27      # audio silent for 2.1 s: stalled
 
 
+def test_late_frames_count_only_frames_the_decided_window_would_have_taken() -> None:
+    """Frames in order after a window's frame are not late; a frame nearer than the one the
+    window took (decided by frame_wait), or one where it had none, is."""
+    policy: WindowPolicy[int] = WindowPolicy(settings())
+    Feed(policy).run(2.5)                    # in order: each window waits for its frame
+    assert policy.next_job(T0 + 2.5) is None and 'late_frames' not in policy.events
+    lagging: WindowPolicy[int] = WindowPolicy(settings(frame_wait=0.2))
+    for i in range(30):                      # frames up to 0.967 s
+        lagging.add_frame(T0 + i / FPS, i, now=T0)
+    for c in range(38):                      # 1.216 s of audio: frame_wait is over
+        lagging.add_audio(ramp(CHUNK, c * CHUNK), T0 + c * CHUNK / RATE, RATE, now=T0 + 1.2)
+    assert lagging.next_job(T0 + 1.2).frame == 29
+    lagging.add_frame(T0 + 32 / FPS, 32, now=T0 + 1.2)       # 0.067 s after the end: farther
+    assert 'late_frames' not in lagging.events
+    lagging.add_frame(T0 + 30 / FPS, 30, now=T0 + 1.2)       # at the end: nearer, late
+    assert lagging.events['late_frames'] == 1
+
+
 def test_no_frame_and_evicted_frame_are_told_apart() -> None:
     policy: WindowPolicy[int] = WindowPolicy(settings(pair_tolerance=0.02))
     Feed(policy).run(2.25, camera=False, take=False)

@@ -91,7 +91,9 @@ class WindowSettings:
     hop_sec: float = 1.0
     pair_with: str = 'end'
     pair_tolerance: float = 0.1
-    frame_wait: float = 0.5   # raw 30 Hz frames can lag the audio by 0.3 s (bench_soak.py)
+    # Raw 30 Hz frames through Fast DDS' default shared memory arrived up to 0.3 s after the
+    # audio of the same time on a busy machine (bench_soak.py).
+    frame_wait: float = 0.5
     buffer_sec: float = 10.0
     stamp_tolerance: float = 0.02
     cold_start_gap: float = 0.25
@@ -169,6 +171,15 @@ class _HeldChunk:
 def _follows(held: _HeldChunk, stamp: float, buffer_end: float) -> bool:
     """True when a chunk at ``stamp`` continues the held chunk's time line, not the buffer's."""
     return abs(stamp - held.end) < abs(stamp - buffer_end)
+
+
+def _would_have_paired(stamp: float, target: float | None, offset: float | None,
+                       tolerance: float) -> bool:
+    """True when a frame at ``stamp`` is nearer to ``target`` than the frame paired with it
+    (``offset`` from it; None: there was none) and within ``tolerance``."""
+    if target is None or abs(stamp - target) > tolerance:
+        return False
+    return offset is None or abs(stamp - target) < abs(offset)
 
 
 def _due_count(audio: AudioRingBuffer, scheduler: WindowScheduler) -> int:
@@ -258,6 +269,7 @@ class WindowPolicy(PolicyReport, Generic[T]):
         self._stale_after: float | None = None     # frames after this belong to an abandoned
         self._stale_since = 0.0                    # time line (the audio looped first)
         self._last_target: float | None = None     # pairing time of the last decided window
+        self._last_offset: float | None = None     # its frame's offset (None: no frame)
         self._last_chunk: tuple[float, np.ndarray] | None = None
         self._last_audio_now: float | None = None
         self._cold_reason = reason
@@ -439,9 +451,10 @@ class WindowPolicy(PolicyReport, Generic[T]):
             return
         bound = self._frame_bound()
         if bound is not None and stamp < bound:
-            # Needed by no window still to come; late if its window was decided without it.
-            last = self._last_target
-            if last is not None and abs(stamp - last) <= self.settings.pair_tolerance:
+            # Needed by no window still to come; late if the last window, decided without it,
+            # would have taken it (a nearer frame, or one where there was none).
+            if _would_have_paired(stamp, self._last_target, self._last_offset,
+                                  self.settings.pair_tolerance):
                 self.events['late_frames'] += 1
             return
         self.frames.push(stamp, item)
@@ -512,6 +525,7 @@ class WindowPolicy(PolicyReport, Generic[T]):
                 self.drops['busy'] += passed_over
             self.scheduler.mark_done(end)
             self._last_target = end - self.settings.pair_offset
+            self._last_offset = pairing.offset if pairing.status == 'ok' else None
             if pairing.status == 'ok':
                 return self._job(end, pairing)
             evicted = self.frames.evicted_until
