@@ -29,6 +29,8 @@ INPUT_COUNTERS = ('images_received', 'audio_messages_received', *INPUT_PROBLEMS,
                   'unstamped_audio', 'audio_gaps', 'audio_gap_ms', 'late_audio_chunks',
                   'dropped_audio_samples', 'stray_audio_samples', 'unpaired_camera_info',
                   'depth_images_received', 'windows_without_depth', 'objects_without_position')
+# Input delays reported over this many newest messages (5 s of a 30 Hz camera).
+DELAY_SAMPLES = 150
 # Window drop causes (WindowPolicy.drops) in the order they are reported.
 DROP_CAUSES = ('busy', 'no_frame', 'frame_evicted', 'expired', 'restart', 'unusable_frame')
 
@@ -71,6 +73,9 @@ class NodeStats:
         self.audio_seconds = RateMeter()
         self.window_rate = RateMeter()
         self.latency: deque[float] = deque(maxlen=50)
+        # Receipt minus capture time of the newest inputs, seconds (deque appends are atomic).
+        self.image_delay: deque[float] = deque(maxlen=DELAY_SAMPLES)
+        self.audio_delay: deque[float] = deque(maxlen=DELAY_SAMPLES)
         self.stages: deque[dict[str, float]] = deque(maxlen=50)
         self.steps: deque[int] = deque(maxlen=50)
         self.last_error = ''
@@ -111,6 +116,8 @@ class NodeStats:
         """Forget recent windows (cleanup): counters stay, per-window records go."""
         with self.lock:
             self.latency.clear()
+            self.image_delay.clear()
+            self.audio_delay.clear()
             self.stages.clear()
             self.steps.clear()
 
@@ -151,6 +158,13 @@ def _counter_text(counter: Mapping[str, int]) -> str:
     return ', '.join(f'{k}: {v}' for k, v in sorted(counter.items())) or '0'
 
 
+def _delay_values(kind: str, delays: deque[float]) -> dict[str, str]:
+    """Mean and max of an input's recent delays (receipt minus capture), in ms."""
+    recent = list(delays)
+    return {f'{kind} delay mean (ms)': f'{_mean(recent) * 1e3:.0f}' if recent else '',
+            f'{kind} delay max (ms)': f'{max(recent) * 1e3:.0f}' if recent else ''}
+
+
 def inputs_status(node: NodeView, stats: NodeStats, policy: PolicyState, delta: Counter[str],
                   now: float) -> DiagnosticStatus:
     """``<fqn>: inputs``: rates, buffer, refused and odd messages, input restarts."""
@@ -163,6 +177,8 @@ def inputs_status(node: NodeView, stats: NodeStats, policy: PolicyState, delta: 
         'audio format': node.raw_audio,
         'audio buffer fill': f'{policy.fill:.2f}',
         'frames held': str(policy.frames_held),
+        **_delay_values('image', stats.image_delay),
+        **_delay_values('audio', stats.audio_delay),
     }
     with stats.lock:
         counts = Counter(stats.counts)

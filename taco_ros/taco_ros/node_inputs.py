@@ -255,6 +255,8 @@ class NodeInputs:
             self.get_logger().warning('image header stamp is zero; pairing it by receipt time',
                                       throttle_duration_sec=THROTTLE_SEC)
             stamp = self._now()
+        else:
+            self._stats.image_delay.append(self._now() - stamp)
         with self._input_lock:
             self._policy.add_frame(stamp, msg, now=wall)
             notices = self._policy.take_notices()
@@ -357,6 +359,8 @@ class NodeInputs:
             self._stats.add('unstamped_audio')
             stamp = received - chunk.duration
             tolerance = max(RECEIPT_STAMP_TOLERANCE, self._p['stamp_tolerance'])
+        else:   # from the capture of its last sample
+            self._stats.audio_delay.append(received - stamp - chunk.duration)
         self._stats.audio_seconds.tick(wall, chunk.duration)
         with self._input_lock:
             try:

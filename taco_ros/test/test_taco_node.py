@@ -174,6 +174,10 @@ def test_stream_outputs(shared: NodeHarness, reliability: str) -> None:
         assert labels and [c.class_name for c in labels[-1].class_map] == WORDS
         assert shared.wait_for(lambda: shared.diagnostics_values('inputs').get(
             'image rate (Hz)', '0') != '0.0', EVENT_TIMEOUT)
+        inputs = shared.diagnostics_values('inputs')
+        for kind in ('image', 'audio'):     # receipt minus capture of the stamped inputs
+            mean, most = (float(inputs[f'{kind} delay {s} (ms)']) for s in ('mean', 'max'))
+            assert mean <= most, inputs
     finally:
         shared.peer.destroy_publisher(image_pub)
         shared.peer.destroy_publisher(audio_pub)
@@ -483,9 +487,12 @@ def test_cleanup_releases_the_models_and_the_buffered_inputs(shared: NodeHarness
         stream_until(shared, image_pub, audio_pub, windows=1)
         assert node._stats.stages
         pipeline = weakref.ref(node._pipeline)
+        # Configure froze what the models made: the collector's full passes skip it.
+        assert gc.get_freeze_count() > 0
         ok = TransitionCallbackReturn.SUCCESS
         assert node.trigger_deactivate() == ok and node.trigger_cleanup() == ok
         assert pipeline() is None, 'the pipeline outlived cleanup'   # no gc.collect() needed
+        assert gc.get_freeze_count() == 0, 'cleanup left objects frozen'
         assert node._policy.frames_held == 0 and node._policy.audio_end is None
         assert not node._stats.stages and not node._stats.latency
     finally:
