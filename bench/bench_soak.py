@@ -9,7 +9,8 @@ their nominal capture times, and records ~/objects and /diagnostics.
 
 Steady phase (--minutes): windows due (the audio streamed, on the node's window grid), published,
 their share against the 99 % target, drops by cause (the node's /diagnostics), latency (receipt of
-~/objects minus the window's audio end), the node's VmRSS and its growth; then where windows were
+~/objects minus the window's audio end), the frames and chunks the node took against those sent and
+the largest input delays it reported, the node's VmRSS and its growth; then where windows were
 lost (their times, late sends of the bench itself, the node's warnings). Cycle phase (--cycles N,
 after the steady one; --minutes 0: only this): with the stream running, N times deactivate +
 activate through the lifecycle services, --cycle-sec active each; the RSS after each cycle.
@@ -18,7 +19,7 @@ The load average is printed with the numbers: on a shared machine they move with
 weights: every number is a cost, none is a result. Needs `source install/setup.bash`.
 
 Usage: python bench/bench_soak.py [--minutes 10] [--cycles N] [--cycle-sec 10] [--input-size 128]
-       [--device cpu] [--param name:=value ...] [--domain-id N] [--log FILE]
+       [--device cpu] [--param name:=value ...] [--domain-id N] [--dds-profile XML] [--log FILE]
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ SERVICE_TIMEOUT, STARTUP_TIMEOUT = 120.0, 300.0
 TRANSITION_DEACTIVATE, TRANSITION_ACTIVATE = 4, 3   # lifecycle_msgs/Transition ids
 MAX_LISTED = 20             # missing windows, late sends and node warnings listed per phase
 LOG_LINE = re.compile(r'^\[(WARN|ERROR)\] \[(\d+\.\d+)\] \[[^\]]*\]: (.*)$')
+# Where Fast DDS 3.x (Kilted) and 2.x (Jazzy) look for a profile file.
+DDS_PROFILE_VARIABLES = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
 SHOWN_PARAMETERS = ('window_sec', 'hop_sec', 'pair_with', 'pair_tolerance', 'frame_wait',
                     'window_queue', 'image_qos', 'audio_qos', 'image_qos_depth', 'audio_qos_depth')
 INPUT_COUNTERS = ('late frames', 'stale frames', 'stray frames', 'audio gaps',
@@ -205,6 +208,7 @@ class OutputRecorder:
         self.windows: list[Window] = []
         self.status: dict[str, dict[str, str]] = {'inference': {}, 'inputs': {}}
         self.diagnostics_at = 0.0      # monotonic receipt of this node's newest status
+        self.delay_max: dict[str, float] = {}   # largest input delay the node reported, ms
         self.objects_sub = node.create_subscription(
             SoundingObjectArray, f'{self.fqn}/objects', self._on_objects, reliable)
         self.diagnostics_sub = node.create_subscription(
@@ -220,8 +224,12 @@ class OutputRecorder:
             for status in msg.status:
                 name, _, kind = status.name.rpartition(': ')
                 if name == self.fqn and kind in self.status:
-                    self.status[kind] = {kv.key: kv.value for kv in status.values}
+                    self.status[kind] = values = {kv.key: kv.value for kv in status.values}
                     self.diagnostics_at = time.monotonic()
+                    for input_kind in ('image', 'audio'):
+                        if value := values.get(f'{input_kind} delay max (ms)'):
+                            self.delay_max[input_kind] = max(
+                                float(value), self.delay_max.get(input_kind, -math.inf))
 
     def windows_since(self, index: int) -> list[Window]:
         with self.lock:
@@ -240,6 +248,8 @@ class PhaseResult:
     due: int | None = None
     windows: list[Window] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)    # node counters during the phase
+    received: Counter[str] = field(default_factory=Counter)  # messages the node took, by kind
+    delay_max: dict[str, float] = field(default_factory=dict)  # node's input delays, ms, by kind
     inputs: dict[str, str] = field(default_factory=dict)    # the node's inputs status at the end
     rss: list[float] = field(default_factory=list)          # MiB, sampled
     rss_first_window: float | None = None
@@ -261,6 +271,12 @@ def node_counts(inference: dict[str, str]) -> Counter[str]:
     keys = {'processed': 'windows processed', 'errors': 'errors',
             'forced cold starts': 'forced cold starts', **drop_keys()}
     return Counter({name: int(float(inference.get(key) or 0)) for name, key in keys.items()})
+
+
+def received_counts(inputs: dict[str, str]) -> Counter[str]:
+    """Frames and audio chunks the node's callbacks took (its inputs status, whole life)."""
+    keys = {'frames': 'images received', 'chunks': 'audio messages received'}
+    return Counter({name: int(float(inputs.get(key) or 0)) for name, key in keys.items()})
 
 
 def due_windows(seconds: float, window_sec: float, hop_sec: float) -> int:
@@ -302,6 +318,8 @@ class SoakBench:
         for text in args.param:
             command += ['-p', text]
         dds = {'ROS_DOMAIN_ID': str(args.domain_id), 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
+        if args.dds_profile:
+            dds.update(dict.fromkeys(DDS_PROFILE_VARIABLES, str(Path(args.dds_profile).resolve())))
         os.environ.update(dds)
         self.process = NodeProcess(command, dict(os.environ, **dds),
                                    Path(args.log) if args.log else work / 'taco_node.log')
@@ -398,6 +416,8 @@ class SoakBench:
         """Stream while ``body(result, first window index, start)`` runs; then drain and count."""
         result = PhaseResult(name, load=[os.getloadavg()])
         index, before = len(self.recorder.windows), node_counts(self.recorder.snapshot()[0])
+        received_before = received_counts(self.recorder.snapshot()[1])
+        self.recorder.delay_max.clear()
         stream = self.stream
         stream.start()
         try:
@@ -408,6 +428,9 @@ class SoakBench:
         inference, result.inputs, _ = self.recorder.snapshot()
         result.counts = node_counts(inference)
         result.counts.subtract(before)
+        result.received = received_counts(result.inputs)
+        result.received.subtract(received_before)
+        result.delay_max = dict(self.recorder.delay_max)
         result.windows = self.recorder.windows_since(index)
         result.load.append(os.getloadavg())
         seconds = stream.chunks_sent * CHUNK / RATE
@@ -499,6 +522,13 @@ def _common_rows(phase: PhaseResult) -> list[tuple[str, Any]]:
     s, counts = phase.stream, phase.counts
     rows = [('audio streamed (s)', f'{s["seconds"]:.1f}'),
             ('frames / audio chunks sent', f'{s["frames"]} / {s["chunks"]}'),
+            ('frames / audio chunks the node took (lost on the way)',
+             f'{phase.received["frames"]} / {phase.received["chunks"]} '
+             f'({s["frames"] - phase.received["frames"]} / '
+             f'{s["chunks"] - phase.received["chunks"]})'),
+            ('largest delay at the node, frame / audio chunk (ms; receipt - capture)',
+             ' / '.join(f'{phase.delay_max[k]:.0f}' if k in phase.delay_max else '-'
+                        for k in ('image', 'audio'))),
             (f'bench send lag max (ms) / sends > {LATE_SEND_SEC * 1e3:.0f} ms late',
              f'{s["max_lag"] * 1e3:.0f} / {s["late"]}'),
             ('windows published (~/objects received)', len(phase.windows)),
@@ -541,7 +571,7 @@ def print_steady(phase: PhaseResult) -> None:
     share = published / due if due else float('nan')
     rss, first = phase.rss, phase.rss_first_window
     rows = _common_rows(phase)
-    rows[3:3] = [('windows due (grid over the audio streamed)', due)]
+    rows[5:5] = [('windows due (grid over the audio streamed)', due)]
     rows += [('share published', f'{100 * share:.1f} %'),
             ('unaccounted (due - published - dropped - errors)',
              due - published - dropped - phase.counts['errors']),
@@ -573,12 +603,18 @@ def print_cycles(phase: PhaseResult) -> None:
               f'{(rss[-1] - rss[1]) / (len(rss) - 2):+.2f} MiB per cycle')
 
 
+def _dds_profile() -> str:
+    return next((os.environ[n] for n in DDS_PROFILE_VARIABLES if os.environ.get(n)), '')
+
+
 def print_report(args: argparse.Namespace, parameters: dict[str, Any],
                  phases: list[PhaseResult]) -> None:
     model = f'taco_tiny_{args.input_size}' if args.input_size else 'taco_tiny'
     print(f'\n## taco_node soak: {WIDTH}x{HEIGHT} rgb8 Image @ {FPS:g} Hz + AudioChunk s16 '
           f'{CHUNK} @ {RATE} Hz, reliable; model {model} (random weights), device {args.device}')
     print('node parameters: ' + ', '.join(f'{k} {v}' for k, v in parameters.items()))
+    print(f'Fast DDS profile (both processes): '
+          f'{_dds_profile() or "none (the default 512 KB shared-memory segment)"}')
     for phase in phases:
         (print_steady if phase.name == 'steady' else print_cycles)(phase)
     print('random weights: costs only, nothing here is a result')
@@ -598,6 +634,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='another taco_node parameter (repeatable)')
     parser.add_argument('--domain-id', type=int, default=None,
                         help='ROS_DOMAIN_ID (default: one derived from this process id)')
+    parser.add_argument('--dds-profile', default=None, metavar='XML',
+                        help='Fast DDS profile for the bench and the node, e.g. '
+                        'taco_ros/config/fastdds_large_data.xml (default: the environment\'s '
+                        f'{DDS_PROFILE_VARIABLES[0]}, if any)')
     parser.add_argument('--log', default=None, help="taco_node's log file (default: temporary)")
     args = parser.parse_args(argv)
     if min(args.minutes, args.cycles) < 0 or args.minutes == args.cycles == 0 \

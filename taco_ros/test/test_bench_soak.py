@@ -44,12 +44,16 @@ def test_soak_harness_streams_cycles_and_reports(capsys: pytest.CaptureFixture[s
     for phase in phases:
         assert phase.stream['frames'] > 0 and phase.stream['chunks'] > 0
         assert phase.inputs, 'no /diagnostics inputs status of the node was received'
+        assert 0 < phase.received['frames'] <= phase.stream['frames']
+        assert 0 < phase.received['chunks'] <= phase.stream['chunks']
+        assert set(phase.delay_max) == {'image', 'audio'}
         assert set(bench.drop_keys()) <= set(phase.counts)
         assert all(mib > 0 for mib in phase.rss), 'the node process RSS was not read'
     assert steady.due == bench.due_windows(steady.stream['seconds'], float(
         parameters['window_sec']), float(parameters['hop_sec']))
     assert [row[0] for row in cycles.cycles] == [0, 1]
-    for heading in ('### steady', 'windows due', 'share published', 'dropped (no frame)',
+    for heading in ('### steady', 'windows due', 'the node took (lost on the way)',
+                    'share published', 'dropped (no frame)',
                     'latency mean / p95 / max (ms)', 'RSS growth stream start → end',
                     'published/due', '### lifecycle cycles', '| cycle | RSS (MiB)', 'load average'):
         assert heading in out, heading
