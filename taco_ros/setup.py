@@ -13,7 +13,8 @@ setup(
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
-        ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.rviz')),
+        ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.rviz')
+         + glob('config/*.xml')),
         ('bin', ['scripts/taco-ros']),
     ],
     install_requires=['setuptools'],

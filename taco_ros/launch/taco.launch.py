@@ -9,6 +9,12 @@ mic_node reads mic_params_file. A launch argument that maps to a parameter (devi
 autostart, ...) defaults to "" and overrides the file only when it is set. Key your own files with
 ``/**:`` so that they apply under any namespace and node name.
 
+Fast DDS gives each process 512 KB of shared memory to send through, too little for raw camera
+frames: the nodes started here get config/fastdds_large_data.xml (32 MB) unless
+FASTDDS_DEFAULT_PROFILES_FILE (Fast DDS 3) or FASTRTPS_DEFAULT_PROFILES_FILE (Fast DDS 2) is set or
+fastdds_profile says otherwise. Give the camera driver the
+same profile: it is the sender's memory that counts.
+
 Topic arguments are remapping targets: relative names (the defaults) resolve inside ``namespace``,
 absolute ones (``/camera/...``) reach outside it. Outputs are <namespace>/<node_name>/{mask, objects,
 audio_activation, debug_image, label_info}, plus /diagnostics.
@@ -55,6 +61,11 @@ ARGUMENTS = [
     ('mic_params_file', PathJoinSubstitution([FindPackageShare('taco_ros'), 'config', 'mic.yaml']),
      'mic_node parameter file.'),
     ('rviz', 'false', 'Start rviz2 with config/taco.rviz (debug overlay and mask of this instance).'),
+    ('fastdds_profile', '',
+     'Fast DDS XML profile of the nodes started here (rmw_fastrtps_cpp). Empty: the one in '
+     '$FASTDDS_DEFAULT_PROFILES_FILE or $FASTRTPS_DEFAULT_PROFILES_FILE when set, else '
+     'config/fastdds_large_data.xml (32 MB of shared memory, so raw frames and debug images reach '
+     'other processes on this machine); none: leave the environment as it is; or a file path.'),
 ]
 
 # launch argument -> (parameter, type) of the node it overrides when set
@@ -71,6 +82,9 @@ TACO_OVERRIDES = {
 }
 MIC_OVERRIDES = {'mic_device': ('device', str)}
 RVIZ_OVERRIDES = {'use_sim_time': ('use_sim_time', bool)}
+# Where Fast DDS 3.x (Kilted) and 2.x (Jazzy) look for a profile file.
+DDS_PROFILE_VARIABLES = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
+DDS_PROFILE_FILE = 'fastdds_large_data.xml'
 # Topics of taco.rviz, relative to the launch namespace.
 RVIZ_TOPICS = ('debug_image', 'mask', 'markers')
 
@@ -97,14 +111,26 @@ def overrides(arguments: dict, table: dict) -> dict:
     return chosen
 
 
+def dds_environment(context) -> dict:
+    """The environment variables that give the nodes their Fast DDS profile (empty: none set)."""
+    choice = context.launch_configurations['fastdds_profile'].strip()
+    inherited = any(context.environment.get(name) for name in DDS_PROFILE_VARIABLES)
+    if choice == 'none' or (choice == '' and inherited):
+        return {}
+    if choice == '':
+        choice = PathJoinSubstitution([FindPackageShare('taco_ros'), 'config', DDS_PROFILE_FILE])
+    return dict.fromkeys(DDS_PROFILE_VARIABLES, choice)
+
+
 def launch_setup(context) -> list:
     arguments = context.launch_configurations
     namespace, name = arguments['namespace'], arguments['node_name']
     log_level = ['--log-level', arguments['log_level']]
     camera = arguments['camera_topic']
+    env = dds_environment(context)
     actions = [LifecycleNode(
         package='taco_ros', executable='taco_node', name=name, namespace=namespace,
-        output='screen', emulate_tty=True, ros_arguments=log_level,
+        output='screen', emulate_tty=True, ros_arguments=log_level, additional_env=env,
         parameters=[arguments['params_file'], overrides(arguments, TACO_OVERRIDES)],
         remappings=[('image', camera), ('image/compressed', camera + '/compressed'),
                     ('audio', arguments['audio_topic']),
@@ -114,13 +140,13 @@ def launch_setup(context) -> list:
         # No use_sim_time here: a live microphone is stamped on the system clock whatever /clock says.
         actions.append(Node(
             package='taco_ros', executable='mic_node', name='mic_node', namespace=namespace,
-            output='screen', ros_arguments=log_level,
+            output='screen', ros_arguments=log_level, additional_env=env,
             parameters=[arguments['mic_params_file'], overrides(arguments, MIC_OVERRIDES)],
             remappings=[('audio', arguments['audio_topic'])],
         ))
     if switch(arguments, 'rviz'):
         actions.append(Node(
-            package='rviz2', executable='rviz2', name='rviz2', namespace=namespace,
+            package='rviz2', executable='rviz2', name='rviz2', namespace=namespace, additional_env=env,
             arguments=['-d', PathJoinSubstitution([FindPackageShare('taco_ros'), 'config',
                                                    'taco.rviz'])],
             parameters=[overrides(arguments, RVIZ_OVERRIDES)],

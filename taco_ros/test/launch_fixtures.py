@@ -111,6 +111,7 @@ class LaunchContext:
                 return super().__getitem__(key)
 
         self.launch_configurations = Recording(configurations)
+        self.environment = dict(os.environ)     # launch.LaunchContext.environment
 
 
 class LaunchResolver:
@@ -196,6 +197,11 @@ class LaunchResolver:
             else:
                 files.append(str(self.value(entry)))
         return files, values
+
+    def environment(self, node: Any) -> dict[str, str]:
+        """The variables ``ros2 launch`` adds to a node's environment (``additional_env``)."""
+        return {str(self.value(k)): str(self.value(v))
+                for k, v in (node.kwargs.get('additional_env') or {}).items()}
 
     def remappings(self, node: Any) -> dict[str, str]:
         return {str(self.value(a)): str(self.value(b)) for a, b in node.kwargs.get('remappings', [])}

@@ -258,6 +258,31 @@ def test_optional_nodes_follow_their_switches(description: Any) -> None:
     assert type(default.node('taco_node')).__name__ == 'LifecycleNode'
 
 
+PROFILE_VARIABLES = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
+
+
+def test_nodes_get_the_large_data_dds_profile_unless_one_is_chosen(
+        description: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in PROFILE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    everything = {'use_mic': 'true', 'rviz': 'true'}
+    shipped = SHARE_DIR / 'config' / 'fastdds_large_data.xml'
+    resolver = LaunchResolver(description, everything)
+    for node in resolver.nodes():
+        assert resolver.environment(node) == dict.fromkeys(PROFILE_VARIABLES, str(shipped)), node
+    _require_installed(shipped)
+    assert shipped.read_text() == (LAUNCH_FILE.parents[1] / 'config' / shipped.name).read_text()
+    own = LaunchResolver(description, {**everything, 'fastdds_profile': '/robot/dds.xml'})
+    assert {v for n in own.nodes() for v in own.environment(n).values()} == {'/robot/dds.xml'}
+    none = LaunchResolver(description, {**everything, 'fastdds_profile': 'none'})
+    assert not any(none.environment(n) for n in none.nodes())
+    for name in PROFILE_VARIABLES:      # the user's own (Fast DDS 3 or 2), inherited
+        monkeypatch.setenv(name, '/etc/robot_dds.xml')
+        inherited = LaunchResolver(description, everything)
+        assert not any(inherited.environment(n) for n in inherited.nodes())
+        monkeypatch.delenv(name)
+
+
 # ------------------------------------------------------------------ the real launch, where it exists
 @pytest.mark.skipif(importlib.util.find_spec('launch_ros') is None,
                     reason='launch_ros is not installable from PyPI (platform.md); runs on a ROS install')
@@ -310,7 +335,8 @@ def test_mic_node_starts_from_the_launch_command_line(description: Any, tmp_path
                                             'namespace': 'robot1', 'audio_topic': '/robot1/mic'},
                               params_dir=tmp_path)
     command = resolver.command(resolver.node('mic_node'))
-    env = dict(os.environ, **isolate_dds(), HOME=str(tmp_path))   # no ~/.asoundrc devices
+    env = dict(os.environ, **isolate_dds(), HOME=str(tmp_path),   # no ~/.asoundrc devices
+               **resolver.environment(resolver.node('mic_node')))
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
     try:
@@ -343,7 +369,8 @@ def test_taco_node_starts_from_the_launch_command_line(description: Any, tmp_pat
         'allow_random_weights': 'true', 'model_config': str(small_model_config(tmp_path / 'models'))},
         params_dir=tmp_path)
     command = resolver.command(resolver.node('taco_node'))
-    env = dict(os.environ, **isolate_dds(), XDG_CACHE_HOME=str(tmp_path / 'cache'))
+    env = dict(os.environ, **isolate_dds(), XDG_CACHE_HOME=str(tmp_path / 'cache'),
+               **resolver.environment(resolver.node('taco_node')))
     env.pop('TACO_MODEL_DIR', None)
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)

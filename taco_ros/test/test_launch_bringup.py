@@ -178,7 +178,8 @@ def test_every_file_value_arrives_under_a_namespace(tmp_path: Path, arguments: d
         expected['/robot1/taco_node']['device'] = arguments['device']
         expected['/robot1/mic_node']['device'] = arguments['mic_device']
     commands = [resolver.command(resolver.node(e)) for e in ('taco_node', 'mic_node')]
-    with launched(commands, tmp_path, _env(tmp_path)), \
+    env = {**_env(tmp_path), **resolver.environment(resolver.node('taco_node'))}
+    with launched(commands, tmp_path, env), \
             ros_session('launch_param_probe') as (_, node, executor):
         probe = Probe(node, executor, tmp_path)
         for full_name, values in expected.items():
@@ -199,7 +200,8 @@ def test_autostart_false_waits_for_a_lifecycle_manager(tmp_path: Path) -> None:
         'namespace': 'arm', 'autostart': 'false', 'device': 'cpu', 'allow_random_weights': 'true',
         'model_config': str(small_model_config(tmp_path / 'models'))}, params_dir=tmp_path)
     full_name = '/arm/taco_node'
-    with launched([resolver.command(resolver.node('taco_node'))], tmp_path, _env(tmp_path)), \
+    env = {**_env(tmp_path), **resolver.environment(resolver.node('taco_node'))}
+    with launched([resolver.command(resolver.node('taco_node'))], tmp_path, env), \
             ros_session('lifecycle_manager_probe') as (_, node, executor):
         infos: list = []
         node.create_subscription(LabelInfo, f'{full_name}/label_info', infos.append, _latched())
@@ -246,7 +248,8 @@ def test_two_instances_from_one_file_stay_apart(tmp_path: Path) -> None:
     resolvers = {ns: LaunchResolver(load_launch_description(), {'namespace': ns, 'params_file': str(shared)},
                                     params_dir=tmp_path) for ns in names}
     commands = [r.command(r.node('taco_node')) for r in resolvers.values()]
-    with launched(commands, tmp_path, _env(tmp_path)), \
+    env = {**_env(tmp_path), **resolvers['robot1'].environment(resolvers['robot1'].node('taco_node'))}
+    with launched(commands, tmp_path, env), \
             ros_session('two_instances_probe') as (_, node, executor):
         statuses: dict[tuple[str, str], Any] = {}
         node.create_subscription(DiagnosticArray, '/diagnostics', lambda m: statuses.update(
