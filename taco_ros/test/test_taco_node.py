@@ -488,11 +488,13 @@ def test_cleanup_releases_the_models_and_the_buffered_inputs(shared: NodeHarness
         assert node._stats.stages
         pipeline = weakref.ref(node._pipeline)
         # Configure froze what the models made: the collector's full passes skip it.
-        assert gc.get_freeze_count() > 0
+        frozen = gc.get_freeze_count()
+        assert frozen > 10_000, frozen
         ok = TransitionCallbackReturn.SUCCESS
         assert node.trigger_deactivate() == ok and node.trigger_cleanup() == ok
         assert pipeline() is None, 'the pipeline outlived cleanup'   # no gc.collect() needed
-        assert gc.get_freeze_count() == 0, 'cleanup left objects frozen'
+        # Python 3.12 keeps a few hundred objects of its own there (375 on 3.12.1), frozen or not.
+        assert gc.get_freeze_count() < frozen // 100, 'cleanup left the models frozen'
         assert node._policy.frames_held == 0 and node._policy.audio_end is None
         assert not node._stats.stages and not node._stats.latency
     finally:
