@@ -82,8 +82,10 @@ TACO_OVERRIDES = {
 }
 MIC_OVERRIDES = {'mic_device': ('device', str)}
 RVIZ_OVERRIDES = {'use_sim_time': ('use_sim_time', bool)}
-# Where Fast DDS 3.x (Kilted) and 2.x (Jazzy) look for a profile file.
+# Where Fast DDS 3.x (Kilted and later) and 2.x (Jazzy and before) look for a profile file. Each
+# reads only its own; Kilted's rmw warns that the second is deprecated when it is set.
 DDS_PROFILE_VARIABLES = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
+FAST_DDS_2_DISTROS = ('humble', 'iron', 'jazzy')
 DDS_PROFILE_FILE = 'fastdds_large_data.xml'
 # Topics of taco.rviz, relative to the launch namespace.
 RVIZ_TOPICS = ('debug_image', 'mask', 'markers')
@@ -119,7 +121,8 @@ def dds_environment(context) -> dict:
         return {}
     if choice == '':
         choice = PathJoinSubstitution([FindPackageShare('taco_ros'), 'config', DDS_PROFILE_FILE])
-    return dict.fromkeys(DDS_PROFILE_VARIABLES, choice)
+    fast_dds_2 = context.environment.get('ROS_DISTRO', '') in FAST_DDS_2_DISTROS
+    return {DDS_PROFILE_VARIABLES[1 if fast_dds_2 else 0]: choice}
 
 
 def launch_setup(context) -> list:

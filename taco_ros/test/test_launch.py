@@ -267,9 +267,13 @@ def test_nodes_get_the_large_data_dds_profile_unless_one_is_chosen(
         monkeypatch.delenv(name, raising=False)
     everything = {'use_mic': 'true', 'rviz': 'true'}
     shipped = SHARE_DIR / 'config' / 'fastdds_large_data.xml'
-    resolver = LaunchResolver(description, everything)
-    for node in resolver.nodes():
-        assert resolver.environment(node) == dict.fromkeys(PROFILE_VARIABLES, str(shipped)), node
+    # Each Fast DDS reads its own variable: 3.x (Kilted on) the first, 2.x (Jazzy) the second.
+    for distro, variable in (('kilted', PROFILE_VARIABLES[0]), ('', PROFILE_VARIABLES[0]),
+                             ('jazzy', PROFILE_VARIABLES[1])):
+        monkeypatch.setenv('ROS_DISTRO', distro)
+        resolver = LaunchResolver(description, everything)
+        for node in resolver.nodes():
+            assert resolver.environment(node) == {variable: str(shipped)}, (distro, node)
     _require_installed(shipped)
     assert shipped.read_text() == (LAUNCH_FILE.parents[1] / 'config' / shipped.name).read_text()
     own = LaunchResolver(description, {**everything, 'fastdds_profile': '/robot/dds.xml'})
