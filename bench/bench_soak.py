@@ -319,7 +319,9 @@ class SoakBench:
             command += ['-p', text]
         dds = {'ROS_DOMAIN_ID': str(args.domain_id), 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
         if args.dds_profile:
-            dds.update(dict.fromkeys(DDS_PROFILE_VARIABLES, str(Path(args.dds_profile).resolve())))
+            # Only the variable this Fast DDS reads (Kilted's rmw warns of the other).
+            fast_dds_2 = os.environ.get('ROS_DISTRO', '') in ('humble', 'iron', 'jazzy')
+            dds[DDS_PROFILE_VARIABLES[1 if fast_dds_2 else 0]] = str(Path(args.dds_profile).resolve())
         os.environ.update(dds)
         self.process = NodeProcess(command, dict(os.environ, **dds),
                                    Path(args.log) if args.log else work / 'taco_node.log')

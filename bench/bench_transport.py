@@ -118,8 +118,9 @@ def run_case(args: argparse.Namespace, profile: Path | None, qos: str, size: tup
                ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
     for name in PROFILE_VARIABLES:
         env.pop(name, None)
-        if profile is not None:
-            env[name] = str(profile)
+    if profile is not None:     # only the variable this Fast DDS reads (Kilted warns of the other)
+        fast_dds_2 = os.environ.get('ROS_DISTRO', '') in ('humble', 'iron', 'jazzy')
+        env[PROFILE_VARIABLES[1 if fast_dds_2 else 0]] = str(profile)
     common = ['--frames', str(args.frames), '--fps', str(args.fps), '--qos', qos,
               '--size', f'{size[0]}x{size[1]}', '--topic', args.topic]
     if keep_all:
