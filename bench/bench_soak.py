@@ -42,6 +42,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from taco_ros.dds_profile import PROFILE_VARIABLES, inherited_profile, profile_environment
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'taco_ros'))
 sys.path.insert(0, str(REPO / 'taco_ros' / 'test'))
@@ -62,8 +64,6 @@ SERVICE_TIMEOUT, STARTUP_TIMEOUT = 120.0, 300.0
 TRANSITION_DEACTIVATE, TRANSITION_ACTIVATE = 4, 3   # lifecycle_msgs/Transition ids
 MAX_LISTED = 20             # missing windows, late sends and node warnings listed per phase
 LOG_LINE = re.compile(r'^\[(WARN|ERROR)\] \[(\d+\.\d+)\] \[[^\]]*\]: (.*)$')
-# Where Fast DDS 3.x (Kilted) and 2.x (Jazzy) look for a profile file.
-DDS_PROFILE_VARIABLES = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
 SHOWN_PARAMETERS = ('window_sec', 'hop_sec', 'pair_with', 'pair_tolerance', 'frame_wait',
                     'window_queue', 'image_qos', 'audio_qos', 'image_qos_depth', 'audio_qos_depth')
 INPUT_COUNTERS = ('late frames', 'stale frames', 'stray frames', 'audio gaps',
@@ -319,9 +319,7 @@ class SoakBench:
             command += ['-p', text]
         dds = {'ROS_DOMAIN_ID': str(args.domain_id), 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
         if args.dds_profile:
-            # Only the variable this Fast DDS reads (Kilted's rmw warns of the other).
-            fast_dds_2 = os.environ.get('ROS_DISTRO', '') in ('humble', 'iron', 'jazzy')
-            dds[DDS_PROFILE_VARIABLES[1 if fast_dds_2 else 0]] = str(Path(args.dds_profile).resolve())
+            dds.update(profile_environment(Path(args.dds_profile).resolve(), os.environ))
         os.environ.update(dds)
         self.process = NodeProcess(command, dict(os.environ, **dds),
                                    Path(args.log) if args.log else work / 'taco_node.log')
@@ -605,10 +603,6 @@ def print_cycles(phase: PhaseResult) -> None:
               f'{(rss[-1] - rss[1]) / (len(rss) - 2):+.2f} MiB per cycle')
 
 
-def _dds_profile() -> str:
-    return next((os.environ[n] for n in DDS_PROFILE_VARIABLES if os.environ.get(n)), '')
-
-
 def print_report(args: argparse.Namespace, parameters: dict[str, Any],
                  phases: list[PhaseResult]) -> None:
     model = f'taco_tiny_{args.input_size}' if args.input_size else 'taco_tiny'
@@ -616,7 +610,7 @@ def print_report(args: argparse.Namespace, parameters: dict[str, Any],
           f'{CHUNK} @ {RATE} Hz, reliable; model {model} (random weights), device {args.device}')
     print('node parameters: ' + ', '.join(f'{k} {v}' for k, v in parameters.items()))
     print(f'Fast DDS profile (both processes): '
-          f'{_dds_profile() or "none (the default 512 KB shared-memory segment)"}')
+          f'{inherited_profile(os.environ) or "none (the default 512 KB shared-memory segment)"}')
     for phase in phases:
         (print_steady if phase.name == 'steady' else print_cycles)(phase)
     print('random weights: costs only, nothing here is a result')
@@ -639,7 +633,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--dds-profile', default=None, metavar='XML',
                         help='Fast DDS profile for the bench and the node, e.g. '
                         'taco_ros/config/fastdds_large_data.xml (default: the environment\'s '
-                        f'{DDS_PROFILE_VARIABLES[0]}, if any)')
+                        f'{PROFILE_VARIABLES[0]}, if any)')
     parser.add_argument('--log', default=None, help="taco_node's log file (default: temporary)")
     args = parser.parse_args(argv)
     if min(args.minutes, args.cycles) < 0 or args.minutes == args.cycles == 0 \

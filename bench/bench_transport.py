@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from taco_ros.dds_profile import PROFILE_VARIABLES, profile_environment
+
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / 'taco_ros' / 'config' / 'fastdds_large_data.xml'
-# Where Fast DDS 3.x (Kilted) and 2.x (Jazzy) look for a profile file.
-PROFILE_VARIABLES = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
 MATCH_TIMEOUT = 60.0      # seconds for the two processes to find each other
 QUIET_SEC = 3.0           # the subscriber stops this long after the last frame
 
@@ -118,9 +118,8 @@ def run_case(args: argparse.Namespace, profile: Path | None, qos: str, size: tup
                ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
     for name in PROFILE_VARIABLES:
         env.pop(name, None)
-    if profile is not None:     # only the variable this Fast DDS reads (Kilted warns of the other)
-        fast_dds_2 = os.environ.get('ROS_DISTRO', '') in ('humble', 'iron', 'jazzy')
-        env[PROFILE_VARIABLES[1 if fast_dds_2 else 0]] = str(profile)
+    if profile is not None:
+        env.update(profile_environment(profile, env))
     common = ['--frames', str(args.frames), '--fps', str(args.fps), '--qos', qos,
               '--size', f'{size[0]}x{size[1]}', '--topic', args.topic]
     if keep_all:

@@ -27,6 +27,8 @@ from launch_ros.actions import LifecycleNode, Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
+from taco_ros.dds_profile import PROFILE_FILE, inherited_profile, profile_variable
+
 FROM_FILE = 'default: the value in the parameter file.'
 
 # name, default, description
@@ -82,11 +84,6 @@ TACO_OVERRIDES = {
 }
 MIC_OVERRIDES = {'mic_device': ('device', str)}
 RVIZ_OVERRIDES = {'use_sim_time': ('use_sim_time', bool)}
-# Where Fast DDS 3.x (Kilted and later) and 2.x (Jazzy and before) look for a profile file. Each
-# reads only its own; Kilted's rmw warns that the second is deprecated when it is set.
-DDS_PROFILE_VARIABLES = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
-FAST_DDS_2_DISTROS = ('humble', 'iron', 'jazzy')
-DDS_PROFILE_FILE = 'fastdds_large_data.xml'
 # Topics of taco.rviz, relative to the launch namespace.
 RVIZ_TOPICS = ('debug_image', 'mask', 'markers')
 
@@ -116,13 +113,11 @@ def overrides(arguments: dict, table: dict) -> dict:
 def dds_environment(context) -> dict:
     """The environment variables that give the nodes their Fast DDS profile (empty: none set)."""
     choice = context.launch_configurations['fastdds_profile'].strip()
-    inherited = any(context.environment.get(name) for name in DDS_PROFILE_VARIABLES)
-    if choice == 'none' or (choice == '' and inherited):
+    if choice == 'none' or (choice == '' and inherited_profile(context.environment)):
         return {}
     if choice == '':
-        choice = PathJoinSubstitution([FindPackageShare('taco_ros'), 'config', DDS_PROFILE_FILE])
-    fast_dds_2 = context.environment.get('ROS_DISTRO', '') in FAST_DDS_2_DISTROS
-    return {DDS_PROFILE_VARIABLES[1 if fast_dds_2 else 0]: choice}
+        choice = PathJoinSubstitution([FindPackageShare('taco_ros'), 'config', PROFILE_FILE])
+    return {profile_variable(context.environment.get('ROS_DISTRO', '')): choice}
 
 
 def launch_setup(context) -> list:

@@ -63,3 +63,30 @@ def test_a_process_with_the_profile_sends_raw_frames_through_its_large_segment()
     assert any(size >= SEGMENT_BYTES for size in result['segments']), result['segments']
     assert sorted(index for index, _ in result['frames']) == list(range(FRAMES))
     assert bench.PROFILE == PROFILE
+
+
+@pytest.mark.parametrize(('distro', 'variable'), [
+    ('jazzy', 'FASTRTPS_DEFAULT_PROFILES_FILE'), ('humble', 'FASTRTPS_DEFAULT_PROFILES_FILE'),
+    ('kilted', 'FASTDDS_DEFAULT_PROFILES_FILE'), ('rolling', 'FASTDDS_DEFAULT_PROFILES_FILE'),
+    ('', 'FASTDDS_DEFAULT_PROFILES_FILE')])
+def test_a_process_gets_only_the_variable_its_fast_dds_reads(distro: str, variable: str) -> None:
+    from taco_ros.dds_profile import profile_environment
+
+    assert profile_environment(PROFILE, {'ROS_DISTRO': distro}) == {variable: str(PROFILE)}
+
+
+def test_a_profile_the_user_set_is_found_under_either_name() -> None:
+    from taco_ros.dds_profile import inherited_profile
+
+    assert inherited_profile({'ROS_DISTRO': 'kilted'}) == ''
+    assert inherited_profile({'FASTDDS_DEFAULT_PROFILES_FILE': ''}) == ''
+    assert inherited_profile({'FASTRTPS_DEFAULT_PROFILES_FILE': '/etc/dds.xml'}) == '/etc/dds.xml'
+    assert inherited_profile({'FASTDDS_DEFAULT_PROFILES_FILE': '/a.xml',
+                              'FASTRTPS_DEFAULT_PROFILES_FILE': '/b.xml'}) == '/a.xml'
+
+
+@pytest.mark.ros
+def test_the_installed_profile_is_the_one_in_the_source_tree() -> None:
+    from taco_ros.dds_profile import shipped_profile
+
+    assert shipped_profile().read_text() == PROFILE.read_text()

@@ -17,6 +17,7 @@ from typing import Any
 
 from taco_ros import bags
 from taco_ros.bags.results import WindowResult
+from taco_ros.dds_profile import inherited_profile, profile_environment, shipped_profile
 from taco_ros.demo.pictures import first_frame_offset, played_frames
 
 
@@ -123,6 +124,8 @@ def run_live(bag: Path, results: Path, image_topic: str, audio_topic: str,
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     if options.domain_id is not None:
         os.environ['ROS_DOMAIN_ID'] = str(options.domain_id)
+    if not inherited_profile(os.environ):   # raw frames between two processes, as the launch file does
+        os.environ.update(profile_environment(shipped_profile(), os.environ))
     bags.remove_bag(results)
     with open(log_path, 'w') as log:
         process = subprocess.Popen(taco_node_command(overrides, image_topic, audio_topic),
