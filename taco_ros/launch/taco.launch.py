@@ -40,6 +40,15 @@ ARGUMENTS = [
     ('camera_topic', 'camera/image_raw',
      'Camera image topic (sensor_msgs/Image); with image_transport compressed, '
      '<camera_topic>/compressed is used.'),
+    ('camera_info_topic', '',
+     'sensor_msgs/CameraInfo of the camera, republished with each window\'s frame. Empty: '
+     'camera_info beside camera_topic (image_transport\'s convention: camera/image_raw -> '
+     'camera/camera_info).'),
+    ('use_depth', '', f'true: place each object in 3D from depth_topic; {FROM_FILE}'),
+    ('depth_topic', 'camera/aligned_depth_to_color/image_raw',
+     'Depth image aligned to the camera (16UC1 mm or 32FC1 m), read when use_depth is true.'),
+    ('depth_camera_info_topic', '',
+     'CameraInfo of the depth image. Empty: camera_info beside depth_topic.'),
     ('audio_topic', 'audio', 'Audio topic (taco_msgs/AudioChunk or another supported type); '
      'mic_node publishes here.'),
     ('audio_info_topic', 'audio_info',
@@ -81,6 +90,7 @@ TACO_OVERRIDES = {
     'allow_random_weights': ('allow_random_weights', bool),
     'autostart': ('autostart', bool),
     'use_sim_time': ('use_sim_time', bool),
+    'use_depth': ('use_depth', bool),
 }
 MIC_OVERRIDES = {'mic_device': ('device', str)}
 RVIZ_OVERRIDES = {'use_sim_time': ('use_sim_time', bool)}
@@ -110,6 +120,12 @@ def overrides(arguments: dict, table: dict) -> dict:
     return chosen
 
 
+def camera_info_beside(image_topic: str) -> str:
+    """image_transport's convention: the calibration of <prefix>/image_raw is <prefix>/camera_info."""
+    prefix, slash, _ = image_topic.rstrip('/').rpartition('/')
+    return f'{prefix}{slash}camera_info'
+
+
 def dds_environment(context) -> dict:
     """The environment variables that give the nodes their Fast DDS profile (empty: none set)."""
     choice = context.launch_configurations['fastdds_profile'].strip()
@@ -124,13 +140,17 @@ def launch_setup(context) -> list:
     arguments = context.launch_configurations
     namespace, name = arguments['namespace'], arguments['node_name']
     log_level = ['--log-level', arguments['log_level']]
-    camera = arguments['camera_topic']
+    camera, depth = arguments['camera_topic'], arguments['depth_topic']
     env = dds_environment(context)
     actions = [LifecycleNode(
         package='taco_ros', executable='taco_node', name=name, namespace=namespace,
         output='screen', emulate_tty=True, ros_arguments=log_level, additional_env=env,
         parameters=[arguments['params_file'], overrides(arguments, TACO_OVERRIDES)],
         remappings=[('image', camera), ('image/compressed', camera + '/compressed'),
+                    ('camera_info', arguments['camera_info_topic'] or camera_info_beside(camera)),
+                    ('depth', depth),
+                    ('depth_camera_info',
+                     arguments['depth_camera_info_topic'] or camera_info_beside(depth)),
                     ('audio', arguments['audio_topic']),
                     ('audio_info', arguments['audio_info_topic'])],
     )]

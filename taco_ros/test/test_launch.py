@@ -35,8 +35,11 @@ from taco_ros import bags, params
 
 RVIZ_FILE = REPO / 'taco_ros' / 'config' / 'taco.rviz'
 BUILT_IN = {'use_sim_time'}      # declared by every rclpy node
-NEW_ARGUMENTS = {'autostart', 'audio_info_topic', 'node_name', 'log_level'}
+NEW_ARGUMENTS = {'autostart', 'audio_info_topic', 'node_name', 'log_level', 'camera_info_topic',
+                 'use_depth', 'depth_topic', 'depth_camera_info_topic'}
 ALL_NODES = {'use_mic': 'true', 'rviz': 'true'}
+INPUTS = (params.TOPIC_IMAGE, params.TOPIC_IMAGE_COMPRESSED, params.TOPIC_CAMERA_INFO, params.TOPIC_DEPTH,
+          params.TOPIC_DEPTH_CAMERA_INFO, params.TOPIC_AUDIO, params.TOPIC_AUDIO_INFO)
 
 
 def declared_mic_parameters() -> dict[str, Any]:
@@ -207,12 +210,14 @@ def test_switches_refuse_other_words(description: Any, text: str) -> None:
 def test_topics_follow_the_namespace_unless_absolute(description: Any) -> None:
     default = LaunchResolver(description, ALL_NODES)
     taco = default.node('taco_node')
-    resolved = {name: remapped(name, default.remappings(taco), '', 'taco_node')
-                for name in (params.TOPIC_IMAGE, params.TOPIC_IMAGE_COMPRESSED, params.TOPIC_AUDIO,
-                             params.TOPIC_AUDIO_INFO)}
-    # Without a namespace the defaults meet the sample bags' topics.
+    resolved = {name: remapped(name, default.remappings(taco), '', 'taco_node') for name in INPUTS}
+    # Without a namespace the defaults meet the sample bags' topics, and each calibration is found
+    # beside its image (image_transport's convention) as camera drivers publish it.
     assert resolved == {params.TOPIC_IMAGE: bags.IMAGE_TOPIC,
                         params.TOPIC_IMAGE_COMPRESSED: bags.IMAGE_TOPIC + '/compressed',
+                        params.TOPIC_CAMERA_INFO: '/camera/camera_info',
+                        params.TOPIC_DEPTH: '/camera/aligned_depth_to_color/image_raw',
+                        params.TOPIC_DEPTH_CAMERA_INFO: '/camera/aligned_depth_to_color/camera_info',
                         params.TOPIC_AUDIO: bags.AUDIO_TOPIC, params.TOPIC_AUDIO_INFO: '/audio_info'}
     mic = default.node('mic_node')
     mic_topic = declared_mic_parameters()['topic']
@@ -222,13 +227,34 @@ def test_topics_follow_the_namespace_unless_absolute(description: Any) -> None:
                                           'audio_topic': '/shared/audio'})
     taco, mic = spaced.node('taco_node'), spaced.node('mic_node')
     assert spaced.full_name(taco) == '/robot1/taco_node'
-    names = {name: remapped(name, spaced.remappings(taco), 'robot1', 'taco_node')
-             for name in (params.TOPIC_IMAGE, params.TOPIC_IMAGE_COMPRESSED, params.TOPIC_AUDIO,
-                          params.TOPIC_AUDIO_INFO)}
+    names = {name: remapped(name, spaced.remappings(taco), 'robot1', 'taco_node') for name in INPUTS}
     assert names == {params.TOPIC_IMAGE: '/robot1/camera/image_raw',
                      params.TOPIC_IMAGE_COMPRESSED: '/robot1/camera/image_raw/compressed',
+                     params.TOPIC_CAMERA_INFO: '/robot1/camera/camera_info',
+                     params.TOPIC_DEPTH: '/robot1/camera/aligned_depth_to_color/image_raw',
+                     params.TOPIC_DEPTH_CAMERA_INFO: '/robot1/camera/aligned_depth_to_color/camera_info',
                      params.TOPIC_AUDIO: '/shared/audio', params.TOPIC_AUDIO_INFO: '/robot1/mic/info'}
     assert remapped(mic_topic, spaced.remappings(mic), 'robot1', 'mic_node') == '/shared/audio'
+
+
+def test_camera_and_depth_topics_can_be_named_one_by_one(description: Any) -> None:
+    """A RealSense in its own namespace, calibration topics given explicitly; use_depth is set."""
+    chosen = {'camera_topic': '/camera/camera/color/image_raw', 'camera_info_topic': '/calib/color',
+              'depth_topic': '/camera/camera/aligned_depth_to_color/image_raw',
+              'depth_camera_info_topic': '/calib/depth', 'use_depth': 'true'}
+    resolver = LaunchResolver(description, chosen)
+    taco = resolver.node('taco_node')
+    names = {name: remapped(name, resolver.remappings(taco), '', 'taco_node') for name in INPUTS}
+    assert names[params.TOPIC_IMAGE] == chosen['camera_topic']
+    assert names[params.TOPIC_CAMERA_INFO] == '/calib/color'
+    assert names[params.TOPIC_DEPTH] == chosen['depth_topic']
+    assert names[params.TOPIC_DEPTH_CAMERA_INFO] == '/calib/depth'
+    assert resolver.parameters(taco)[1]['use_depth'] is True
+    default = LaunchResolver(description)
+    assert 'use_depth' not in default.parameters(default.node('taco_node'))[1]
+    # The private output ~/camera_info is not caught by the input's rule.
+    assert remapped(params.TOPIC_PAIRED_CAMERA_INFO, resolver.remappings(taco), '', 'taco_node') == \
+        '/taco_node/camera_info'
 
 
 @pytest.mark.parametrize('overrides', [{}, {'namespace': 'robot1'},
