@@ -25,6 +25,10 @@ from taco_ros.core.buffers import MAX_CHANNELS, MAX_SAMPLE_RATE
 
 # Codings that carry raw PCM; the capture node's default, mp3, is compressed.
 RAW_CODINGS = ('wave', 'wav', 'raw', 'pcm', '')
+# Audio held while its format is unknown: audio_capture repeats its AudioInfo every few seconds,
+# so a late subscriber loses nothing that arrived within this before it.
+HOLD_SEC = 6.0
+HOLD_BYTES = 8 << 20       # 6 s of 48 kHz stereo S32LE is 2.3 MB
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,14 @@ class RawAudioFormat:
     @property
     def frame_bytes(self) -> int:
         return self.check().width * self.channels
+
+
+def configured_format(sample_format: str, sample_rate: int, channels: int) -> RawAudioFormat | None:
+    """The format a user set (taco_node's audio_sample_format, audio_sample_rate, audio_channels);
+    None when audio_sample_format is empty, so the stream's own AudioInfo is awaited."""
+    if not sample_format:
+        return None
+    return RawAudioFormat(int(sample_rate), int(channels), sample_format, 'wave')
 
 
 def decode_pcm(data: Any, fmt: RawAudioFormat) -> np.ndarray:
@@ -188,8 +200,8 @@ class RawAudioGate:
       later chunks are dropped until a decodable format is announced.
     """
 
-    def __init__(self, explicit: RawAudioFormat | None = None, hold_sec: float = 6.0,
-                 max_held_bytes: int = 8 << 20) -> None:
+    def __init__(self, explicit: RawAudioFormat | None = None, hold_sec: float = HOLD_SEC,
+                 max_held_bytes: int = HOLD_BYTES) -> None:
         if not (math.isfinite(hold_sec) and hold_sec > 0) or max_held_bytes <= 0:
             raise ValueError(
                 f'hold_sec and max_held_bytes must be positive, got {hold_sec}, {max_held_bytes}')

@@ -52,6 +52,8 @@ AUDIO_FLOAT32_MULTIARRAY = 'float32_multiarray'
 AUDIO_COMMON_STAMPED = 'audio_common_stamped'     # mgonzs13/audio_common: AudioStamped
 AUDIO_DATA_STAMPED = 'audio_data_stamped'         # ros-drivers/audio_common: AudioDataStamped
 AUDIO_DATA = 'audio_data'                         # ros-drivers/audio_common: AudioData (no header)
+# Raw bytes described by a separate audio_info topic (audio_formats.RawAudioGate orders the two).
+RAW_AUDIO_KINDS = (AUDIO_DATA, AUDIO_DATA_STAMPED)
 AUDIO_MSG_KINDS = (AUDIO_TACO, AUDIO_INT16_MULTIARRAY, AUDIO_FLOAT32_MULTIARRAY,
                    AUDIO_COMMON_STAMPED, AUDIO_DATA_STAMPED, AUDIO_DATA)
 
@@ -396,6 +398,23 @@ def decode_audio_common_stamped(msg: Any) -> AudioChunkData:
     else:
         raise ValueError(f'unsupported PortAudio sample format code {fmt}')
     return AudioChunkData(frames, rate, _header_stamp(msg))
+
+
+def decode_audio(kind: str, msg: Any, sample_rate: int, channels: int) -> AudioChunkData:
+    """One audio message of ``kind`` (an AUDIO_MSG_KINDS name) → chunk; ValueError when unusable.
+
+    A multiarray carries neither its rate nor its channel count: ``sample_rate`` and ``channels``
+    (the node's audio_sample_rate / audio_channels) say them. The RAW_AUDIO_KINDS are not read
+    here: their format comes from another topic (:func:`decode_audio_data` with what
+    :class:`taco_ros.audio_formats.RawAudioGate` releases).
+    """
+    if kind == AUDIO_TACO:
+        return decode_audio_chunk(msg)
+    if kind in (AUDIO_INT16_MULTIARRAY, AUDIO_FLOAT32_MULTIARRAY):
+        return decode_multiarray(msg, sample_rate, channels)
+    if kind == AUDIO_COMMON_STAMPED:
+        return decode_audio_common_stamped(msg)
+    raise ValueError(f'{kind} audio is raw bytes read as its audio_info says: use decode_audio_data')
 
 
 # Stream description for ros-drivers ``AudioData`` (the content of its ``audio_info`` topic).

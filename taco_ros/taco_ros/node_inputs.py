@@ -28,7 +28,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from taco_ros import conversions as conv
 from taco_ros import params
-from taco_ros.audio_formats import GateUpdate, RawAudioFormat, RawAudioGate
+from taco_ros.audio_formats import HOLD_SEC, GateUpdate, RawAudioFormat, RawAudioGate, configured_format
 from taco_ros.core.windows import PushReport, SizeLimitError, WindowPolicy
 from taco_ros.diagnostics import NodeStats
 
@@ -36,11 +36,6 @@ from taco_ros.diagnostics import NodeStats
 # executor and network jitter from being mistaken for gaps.
 RECEIPT_STAMP_TOLERANCE = 0.25
 THROTTLE_SEC = 5.0
-RAW_AUDIO_KINDS = (conv.AUDIO_DATA, conv.AUDIO_DATA_STAMPED)
-# ros-drivers audio held while its format is unknown: audio_capture repeats its AudioInfo every
-# few seconds, so a late subscriber loses nothing that arrived within this before it.
-RAW_HOLD_SEC = 6.0
-RAW_HOLD_BYTES = 8 << 20       # 6 s of 48 kHz stereo S32LE is 2.3 MB
 MAX_CAMERA_INFOS = 256         # as many as frames held (taco_node.MAX_FRAMES); 0.5 kB each
 T = TypeVar('T')
 
@@ -179,19 +174,14 @@ class NodeInputs:
         subscription = self.create_subscription(
             msg_type, params.TOPIC_AUDIO, self._on_audio, qos, callback_group=self._input_group)
         self._input_subs.append(subscription)
-        if kind in RAW_AUDIO_KINDS:
-            self._raw_gate = RawAudioGate(self._explicit_raw_format(), RAW_HOLD_SEC, RAW_HOLD_BYTES)
+        if kind in conv.RAW_AUDIO_KINDS:
+            self._raw_gate = RawAudioGate(configured_format(
+                self._p['audio_sample_format'], self._p['audio_sample_rate'], self._p['audio_channels']))
             self._subscribe_audio_info(importlib.import_module('audio_common_msgs.msg').AudioInfo)
         self._audio_kind = kind
         self.get_logger().info(
             f'audio: {self.resolve_topic_name(params.TOPIC_AUDIO)} ({kind}, QoS '
             f'{self._p["audio_qos"]}: {qos.reliability.name.lower()}, depth {qos.depth})')
-
-    def _explicit_raw_format(self) -> RawAudioFormat | None:
-        name = self._p['audio_sample_format']
-        if not name:
-            return None
-        return RawAudioFormat(self._p['audio_sample_rate'], self._p['audio_channels'], name, 'wave')
 
     def _subscribe_audio_info(self, info_cls: type) -> None:
         """A best-effort volatile subscription, which matches every publisher; and, once a latched
@@ -269,15 +259,6 @@ class NodeInputs:
         with self._input_lock:
             self._camera_infos.add(stamp, msg)
 
-    def _decode_audio(self, msg: Any) -> conv.AudioChunkData:
-        kind = self._audio_kind
-        if kind == conv.AUDIO_TACO:
-            return conv.decode_audio_chunk(msg)
-        if kind in (conv.AUDIO_INT16_MULTIARRAY, conv.AUDIO_FLOAT32_MULTIARRAY):
-            return conv.decode_multiarray(msg, self._p['audio_sample_rate'],
-                                          self._p['audio_channels'])
-        return conv.decode_audio_common_stamped(msg)
-
     def _on_audio_info(self, msg: Any) -> None:
         fmt = RawAudioFormat.from_msg(msg)
         known = self._raw_gate.announced
@@ -293,12 +274,13 @@ class NodeInputs:
         received = self._now()
         self._stats.audio_rate.tick(time.monotonic())
         self._stats.add('audio_messages_received')
-        if self._audio_kind in RAW_AUDIO_KINDS:
+        if self._audio_kind in conv.RAW_AUDIO_KINDS:
             size = len(conv.audio_data_bytes(msg))
             self._take_raw_audio(self._raw_gate.on_data(msg, size, received))
             return
         try:
-            chunk = self._decode_audio(msg)
+            chunk = conv.decode_audio(self._audio_kind, msg, self._p['audio_sample_rate'],
+                                      self._p['audio_channels'])
         except ValueError as exc:
             self._refuse('audio', exc)
             return
@@ -315,7 +297,7 @@ class NodeInputs:
         elif update.dropped:
             self._stats.add('held_audio_dropped', update.dropped)
             self.get_logger().warning(
-                f'dropped {update.dropped} audio chunk(s) held over {RAW_HOLD_SEC:g} s without '
+                f'dropped {update.dropped} audio chunk(s) held over {HOLD_SEC:g} s without '
                 f'an AudioInfo on {self.resolve_topic_name(params.TOPIC_AUDIO_INFO)}',
                 throttle_duration_sec=THROTTLE_SEC)
         if update.reset is not None:
@@ -331,7 +313,7 @@ class NodeInputs:
 
     def raw_audio_state(self) -> str:
         """The ros-drivers stream format in use, or why there is none ('' for other kinds)."""
-        if self._audio_kind not in RAW_AUDIO_KINDS:
+        if self._audio_kind not in conv.RAW_AUDIO_KINDS:
             return ''
         gate = self._raw_gate
         fmt = gate.format

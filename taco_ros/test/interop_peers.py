@@ -156,6 +156,51 @@ def raw_audio_consumer(config: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
+def raw_audio_bag_decoder(config: dict[str, Any]) -> dict[str, Any]:
+    """A bag's ros-drivers audio, replayed through ``bag process``'s decoder: serialized chunks
+    (AudioData, no header) with their AudioInfo recorded after the first ``info_after``, then an mp3
+    AudioInfo; what each message released. No DDS: a bag is read in recorded order."""
+    from audio_common_msgs.msg import AudioData, AudioInfo
+    from rclpy.serialization import serialize_message
+
+    from taco_ros import params
+    from taco_ros.bags.inputs import InputDecoder
+
+    rate, frames = config['rate'], config['frames']
+    values = {**params.defaults(), 'audio_channel': config['audio_channel']}
+    decoder = InputDecoder('sensor_msgs/msg/Image', 'audio_common_msgs/msg/AudioData', values)
+    report: dict[str, Any] = {'released': [], 'rates': [], 'received': [], 'dropped': 0,
+                              'refusals': [], 'problems': []}
+    decoded: list[np.ndarray] = []
+
+    def take(release: Any) -> None:
+        report['released'].append(len(release.chunks))
+        report['dropped'] += release.dropped
+        report['refusals'] += [release.refusal] if release.refusal else []
+        report['problems'] += [str(p) for p in release.problems]
+        for chunk in release.chunks:
+            decoded.append(chunk.samples)
+            report['rates'].append(chunk.sample_rate)
+            report['received'].append(chunk.received)
+
+    def data(index: int) -> bytes:
+        pcm = stereo_signal(index, frames, rate).astype('<i2').tobytes()
+        return serialize_message(AudioData(data=array.array('B', pcm)))
+
+    def info(coding: str) -> bytes:
+        return serialize_message(AudioInfo(channels=2, sample_rate=rate, sample_format='S16LE',
+                                           bitrate=rate * 32, coding_format=coding))
+
+    for index in range(config['chunks']):
+        if index == config['info_after']:
+            take(decoder.audio_info(info('wave')))
+        take(decoder.audio(data(index), index * 0.1))
+    take(decoder.audio_info(info('mp3')))
+    take(decoder.audio(data(config['chunks']), config['chunks'] * 0.1))
+    np.save(config['samples_path'], np.concatenate(decoded) if decoded else np.zeros(0))
+    return report
+
+
 # -------------------------------------------------------------------------- mgonzs13 audio
 def mgonzs13_capturer(config: dict[str, Any]) -> dict[str, Any]:
     """audio_capturer_node-style publisher: AudioStamped with SensorDataQoS, stamped with
@@ -413,7 +458,8 @@ def report_outputs(config: dict[str, Any]) -> dict[str, Any]:
             'outputs': {k: [v.available, v.reason] for k, v in interop.optional_outputs().items()}}
 
 
-ROLES = {f.__name__: f for f in (raw_audio_publisher, raw_audio_consumer, mgonzs13_capturer,
+ROLES = {f.__name__: f for f in (raw_audio_publisher, raw_audio_consumer, raw_audio_bag_decoder,
+                                 mgonzs13_capturer,
                                  mgonzs13_consumer, audio_builders, detection_publisher,
                                  detection_consumer, mic_listener, report_outputs)}
 

@@ -225,6 +225,16 @@ def test_multiarrays() -> None:
         conv.decode_multiarray(fmsg, sample_rate=8000, channels=1)
 
 
+def test_decode_audio_reads_each_kind_as_the_node_and_the_bag_replay_do() -> None:
+    msg = Int16MultiArray()
+    msg.data = interleave(np.round(STEREO * 32767).astype(np.int16))
+    chunk = conv.decode_audio(conv.AUDIO_INT16_MULTIARRAY, msg, 16000, 2)
+    assert chunk.samples.shape == (64, 2) and chunk.sample_rate == 16000
+    for kind in conv.RAW_AUDIO_KINDS:     # their format comes from audio_info, never from here
+        with pytest.raises(ValueError, match='audio_info'):
+            conv.decode_audio(kind, msg, 16000, 2)
+
+
 def test_empty_multiarray_gives_an_empty_chunk() -> None:
     chunk = conv.decode_multiarray(Int16MultiArray(), sample_rate=16000, channels=1)
     assert chunk.samples.shape == (0, 1)

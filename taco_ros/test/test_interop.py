@@ -157,6 +157,26 @@ def test_ros_drivers_audio_after_its_audio_info_from_the_mic_builders(
     assert report['stamps'] == pytest.approx(stamps, abs=1e-6)
 
 
+def test_bag_replay_holds_ros_drivers_audio_until_its_audio_info(
+        ros_drivers_ws: InterfaceWorkspace, tmp_path: Path) -> None:
+    """``bag process`` reads a recorded ros-drivers stream as the node does: the chunks logged
+    before the AudioInfo are held, then decoded at 48 kHz with their own receipt times (they used
+    to be read at once with the capture node's defaults, 16 kHz mono); an mp3 AudioInfo is refused
+    and what follows dropped, counted."""
+    config = {'rate': 48000, 'frames': 4800, 'chunks': 8, 'info_after': 3, 'audio_channel': 0,
+              'samples_path': str(tmp_path / 'samples.npy')}
+    report = run_peer(ros_drivers_ws, 'raw_audio_bag_decoder', config, PEER_TIMEOUT_S)
+    # three held; the AudioInfo releases them; then one at a time; the mp3 info, the last chunk
+    assert report['released'] == [0, 0, 0, 3, 1, 1, 1, 1, 1, 0, 0], report
+    assert report['rates'] == [48000] * 8
+    assert report['received'] == pytest.approx([0.1 * k for k in range(8)])
+    assert report['problems'] == [] and len(report['refusals']) == 2      # the info, the chunk
+    assert all('mp3' in text for text in report['refusals'])
+    assert report['dropped'] == 1
+    left = np.concatenate([stereo_signal(k, 4800, 48000) for k in range(8)])[:, 0] / 32768.0
+    np.testing.assert_array_equal(np.load(config['samples_path']), left.astype(np.float32))
+
+
 # --------------------------------------------------------------------------- mgonzs13 audio
 def test_mgonzs13_capturer_stream_is_decoded(mgonzs13_ws: InterfaceWorkspace) -> None:
     """audio_capturer_node-style AudioStamped (paInt16, stereo, 48 kHz, 512-frame chunks, sensor

@@ -19,12 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from taco_ros.bags.inputs import IMAGE_TYPES, InputDecoder
+from taco_ros.bags.inputs import IMAGE_TYPES, AudioRelease, AudioSamples, InputDecoder
 from taco_ros.bags.result_writer import ResultWriter
 from taco_ros.bags.rosbag import STORAGES, BagMessage, bag_topics, read_messages
-from taco_ros.bags.topics import NODE_NAME
-
-AUDIO_INFO_TYPE = 'audio_common_msgs/msg/AudioInfo'
+from taco_ros.bags.topics import AUDIO_INFO_TYPE, NODE_NAME
 
 
 @dataclass
@@ -178,7 +176,7 @@ class BagProcessor:
                 elif message.topic == audio_topic:
                     self._add_audio(message)
                 else:
-                    self.decoder.audio_info(message.raw)
+                    self._place_audio(self.decoder.audio_info(message.raw))
                 bar.update(1)
                 if self._run_due(now_ns, end_of_stream=False, bar=bar):
                     return
@@ -204,25 +202,42 @@ class BagProcessor:
         self.policy.add_frame(stamp, msg, now=now)
 
     def _add_audio(self, message: BagMessage) -> None:
-        from taco_ros.node_inputs import RECEIPT_STAMP_TOLERANCE
-
         self.report.audio_chunks += 1
-        now = message.log_ns / 1e9
         try:
-            chunk = self.decoder.audio(message.raw)
+            release = self.decoder.audio(message.raw, message.log_ns / 1e9)
         except ValueError as exc:
             self._problem('bad_audio', exc)
             return
+        self._place_audio(release)
+
+    def _place_audio(self, release: AudioRelease) -> None:
+        """Count what the decoder refused or dropped, and place its chunks, as the node does."""
+        if release.refusal is not None:
+            self.report.problems['refused_audio_chunks'] += release.dropped
+            self.report.last_error = f'refused_audio: {release.refusal}'
+        elif release.dropped:
+            self.report.problems['held_audio_dropped'] += release.dropped
+        if release.reset is not None:
+            self.report.problems['audio_format_changes'] += 1
+            self.report.notices.append(release.reset)
+        for exc in release.problems:
+            self._problem('bad_audio', exc)
+        for chunk in release.chunks:
+            self._place_chunk(chunk)
+
+    def _place_chunk(self, chunk: AudioSamples) -> None:
+        from taco_ros.node_inputs import RECEIPT_STAMP_TOLERANCE
+
         if chunk.samples.size == 0:
             self.report.problems['empty_audio'] += 1
             return
         stamp, tolerance = chunk.stamp, None
         if stamp is None:    # no capture stamp: receipt time minus duration, as the node does
             self.report.problems['unstamped_audio'] += 1
-            stamp = now - chunk.duration
+            stamp = chunk.received - chunk.duration
             tolerance = max(RECEIPT_STAMP_TOLERANCE, self.values['stamp_tolerance'])
         try:
-            self.policy.add_audio(chunk.samples, stamp, chunk.sample_rate, now=now,
+            self.policy.add_audio(chunk.samples, stamp, chunk.sample_rate, now=chunk.received,
                                   tolerance=tolerance)
         except ValueError as exc:
             self._problem('bad_audio', exc)

@@ -10,6 +10,7 @@ AUDIO_TOPIC = '/audio'
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
 COMPRESSED_TYPE = 'sensor_msgs/msg/CompressedImage'
+AUDIO_INFO_TYPE = 'audio_common_msgs/msg/AudioInfo'    # ros-drivers: the format of AudioData
 AUDIO_TYPE = 'taco_msgs/msg/AudioChunk'
 
 OUTPUT_TOPICS = {   # taco_node's outputs (params.TOPICS, private names) → message type
