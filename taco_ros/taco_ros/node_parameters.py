@@ -13,6 +13,7 @@ Mixed into :class:`taco_ros.taco_node.TacoNode`. Every parameter comes from the 
 from __future__ import annotations
 
 import threading
+import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ from taco_ros.core.contract import PipelineConfig
 from taco_ros.core.windows import WindowPolicy, WindowSettings
 from taco_ros.diagnostics import NodeStats
 from taco_ros.param_declaration import declare_all
+from taco_ros.vocabulary_worker import VocabularyWorker
 
 if TYPE_CHECKING:
     from taco_ros.core.pipeline import TacoPipeline
@@ -43,6 +45,7 @@ class NodeParameters:
     _policy: WindowPolicy[Any]
     _input_lock: threading.Lock
     _stats: NodeStats
+    _vocabulary_worker: VocabularyWorker
 
     def _declare_parameters(self) -> None:
         problems = declare_all(self)
@@ -135,11 +138,29 @@ class NodeParameters:
             return
         if pipeline_changes:
             pipeline.update(**self._pipeline_options(pipeline_changes))
-        if vocabulary is not None:
-            pipeline.set_vocabulary(vocabulary or None)
-            self.get_logger().info(f'vocabulary set: {len(pipeline.vocabulary)} words')
-        if vocabulary is not None or any(c.name == 'mask_threshold' for c in changes):
+        if vocabulary is not None:    # encoded off the executor; announced on ~/label_info when in use
+            self._vocabulary_worker.request(vocabulary)
+        if any(c.name == 'mask_threshold' for c in changes):
             self._publish_label_info()
+
+    def _set_vocabulary(self, words: list[str]) -> None:
+        """On the vocabulary thread: encode ``words`` (empty: the default list) and announce them."""
+        pipeline = self._pipeline
+        if pipeline is None:     # cleaned up meanwhile: configure takes the parameter
+            return
+        started = time.perf_counter()
+        pipeline.set_vocabulary(words or None)
+        self.get_logger().info(f'vocabulary set: {len(pipeline.vocabulary)} words, encoded in '
+                               f'{time.perf_counter() - started:.2f} s, used from the next window')
+        self._publish_label_info()
+
+    def _vocabulary_failed(self, exc: Exception) -> None:
+        self.get_logger().error(f'could not set the vocabulary: {exc}\n{traceback.format_exc()}')
+        self._stats.last_error = f'vocabulary: {exc}'
+
+    def wait_for_vocabulary(self, timeout: float | None = None) -> bool:
+        """Wait until every vocabulary set so far is encoded and in use (False on ``timeout``)."""
+        return self._vocabulary_worker.wait_idle(timeout)
 
     # ------------------------------------------------------------------ derived settings
     def window_settings(self) -> WindowSettings:

@@ -255,8 +255,8 @@ PARAMETERS: list[ParamSpec] = [
     P('mode', 'full', "full: FC-CLIP mask of the sounding factor; coarse: its 24x24 co-NMF "
       "activation map upsampled; baseline: A-FC-CLIP (CLAP picks a word, FC-CLIP segments it).",
       'processing', choices=MODES),
-    P('vocabulary', [], 'Open vocabulary (anchor words); [] = the 527 AudioSet class names. '
-      'Also settable with the set_vocabulary service.', 'processing'),
+    P('vocabulary', [], 'Open vocabulary (anchor words); [] = the 527 AudioSet names. Also set_vocabulary. '
+      'Encoded off the executor; ~/label_info announces it once windows use it.', 'processing'),
     P('solver_profile', 'streaming', 'Co-NMF settings: streaming (warm start, Adam, early stop) or '
       'paper (1800 GD steps, cold k-means start every window).', 'processing',
       choices=SOLVER_PROFILES),

@@ -69,6 +69,7 @@ from taco_ros.core.windows import WindowJob, WindowPolicy
 from taco_ros.depth_input import DepthInput
 from taco_ros.node_inputs import THROTTLE_SEC, CameraInfoStore, NodeInputs
 from taco_ros.node_parameters import NodeParameters
+from taco_ros.vocabulary_worker import VocabularyWorker
 from taco_ros.window_worker import WindowWorker
 
 if TYPE_CHECKING:
@@ -123,6 +124,7 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
         self._owned_timers: list[Any] = []
         self._activation_timers: list[Any] = []
         self._worker: WindowWorker | None = None
+        self._vocabulary_worker = VocabularyWorker(self._set_vocabulary, self._vocabulary_failed)
         self._audio_retry: Any = None
         self._vocabulary_service: Any = None
         self._diagnostics_pub: Any = None
@@ -230,6 +232,7 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
 
     @_logged_transition
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._vocabulary_worker.wait_idle()   # suspending moves the encoders it may be using
         self._lifecycle = 'inactive'
         self._release_activation_entities()
         with self._pipeline_lock:  # wait for the window in flight
@@ -278,6 +281,7 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
         self._audio_kind = None
 
     def _release_everything(self) -> None:
+        self._vocabulary_worker.wait_idle()   # before the pipeline it encodes with is closed
         self._release_activation_entities()
         for timer in self._owned_timers:
             self.destroy_timer(timer)
@@ -410,8 +414,9 @@ class TacoNode(NodeParameters, NodeInputs, LifecycleNode):
             'vocabulary', Parameter.Type.STRING_ARRAY, words)])[0]
         response.success = bool(result.successful)
         if result.successful:
-            count = len(self._pipeline.vocabulary) if self._pipeline is not None else len(words)
-            response.message = f'vocabulary set: {count} words, used from the next window'
+            what = f'{len(words)} words' if words else 'the default words'
+            response.message = (f'vocabulary accepted: {what}; used from the first window after '
+                                'they are encoded, announced on ~/label_info')
         else:
             response.message = result.reason
         return response

@@ -131,9 +131,11 @@ def test_parameter_service_refuses_a_wrong_type_and_the_node_runs_on(shared: Nod
             result = call(bad)
             assert not result.successful and 'vocabulary' in result.reason, result.reason
         assert call(['violin', 'trumpet']).successful
+        assert shared.node.wait_for_vocabulary(EVENT_TIMEOUT)    # encoded off the executor
         assert shared.node._pipeline.vocabulary == ['violin', 'trumpet']
     finally:
         assert call(list(WORDS)).successful
+        assert shared.node.wait_for_vocabulary(EVENT_TIMEOUT)
         shared.peer.destroy_client(client)
 
 

@@ -438,6 +438,7 @@ def test_vocabulary_service_changes_labels_on_the_next_window(shared: NodeHarnes
                 assert o.label in new_words and set(o.top_labels) <= set(new_words)
     finally:
         shared.node.set_parameters([Parameter('vocabulary', value=list(WORDS))])
+        assert shared.node.wait_for_vocabulary(EVENT_TIMEOUT)
         shared.peer.destroy_client(client)
         shared.peer.destroy_subscription(late_labels)
         shared.peer.destroy_publisher(image_pub)

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from taco_ros.vocabulary_worker import VocabularyWorker
 from taco_ros.window_worker import WindowWorker
 
 
@@ -56,6 +57,42 @@ def test_stop_from_the_worker_thread_does_not_wait_for_itself() -> None:
     assert stopped.wait(30.0)
 
 
+def test_vocabulary_worker_applies_the_newest_request_off_the_callers_thread() -> None:
+    applied, entered, release = [], threading.Event(), threading.Event()
+
+    def apply(words: list[str]) -> None:
+        entered.set()
+        assert release.wait(30.0)
+        applied.append((words, threading.current_thread().name))
+
+    worker = VocabularyWorker(apply, lambda exc: None)
+    worker.request(['a', 'b'])                  # returns at once; applied on the worker thread
+    assert entered.wait(30.0) and worker.busy and not worker.wait_idle(0.01)
+    worker.request(['c', 'd'])
+    worker.request(['e', 'f'])                  # replaces ['c', 'd'], which was never applied
+    release.set()
+    assert worker.wait_idle(30.0) and not worker.busy
+    assert applied == [(['a', 'b'], 'taco_vocabulary'), (['e', 'f'], 'taco_vocabulary')]
+    worker.request([])                          # a new thread for new work
+    assert worker.wait_idle(30.0) and applied[-1][0] == []
+
+
+def test_vocabulary_worker_reports_a_failure_and_serves_the_next_request() -> None:
+    errors, applied = [], []
+
+    def apply(words: list[str]) -> None:
+        if words == ['bad', 'list']:
+            raise ValueError('encoder failed')
+        applied.append(words)
+
+    worker = VocabularyWorker(apply, errors.append)
+    worker.request(['bad', 'list'])
+    assert worker.wait_idle(30.0)
+    worker.request(['good', 'list'])
+    assert worker.wait_idle(30.0)
+    assert [str(e) for e in errors] == ['encoder failed'] and applied == [['good', 'list']]
+
+
 # ----------------------------------------------------------------------------------- in the node
 rclpy = pytest.importorskip('rclpy')
 pytest.importorskip('taco_msgs.msg')
@@ -64,13 +101,16 @@ import node_fixtures  # noqa: E402
 from node_fixtures import (  # noqa: E402
     EVENT_TIMEOUT,
     WINDOW_TIMEOUT,
+    WORDS,
     NodeHarness,
     StreamPublisher,
     restart,
 )
+from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from taco_msgs.msg import AudioChunk  # noqa: E402
+from taco_msgs.srv import SetVocabulary  # noqa: E402
 
 context, base, shared = node_fixtures.context, node_fixtures.base, node_fixtures.shared
 
@@ -155,3 +195,47 @@ def test_a_window_that_raises_is_counted_and_the_next_ones_run(shared: NodeHarne
         assert shared.wait_for(lambda: shared.recorder.count('objects') >= 1, WINDOW_TIMEOUT)
     assert node._stats.counts.get('errors', 0) == errors + 1
     assert 'injected window failure' in node._stats.last_error
+
+
+@pytest.mark.ros
+def test_inputs_flow_and_the_service_answers_while_a_vocabulary_is_encoded(shared: NodeHarness) -> None:
+    """Encoding new words takes seconds on a CPU with the full-size text encoders. It used to run in
+    the parameter callback, on the executor: the service answered only afterwards and no frame or
+    chunk was taken meanwhile. Here the encoding is held until the test has seen both."""
+    restart(shared)
+    node = shared.node
+    entered, release = threading.Event(), threading.Event()
+    real = node._pipeline.set_vocabulary
+
+    def held(words: Any) -> None:
+        entered.set()
+        release.wait(WINDOW_TIMEOUT)
+        real(words)
+
+    node._pipeline.set_vocabulary = held
+    client = shared.peer.create_client(SetVocabulary, '/taco_node/set_vocabulary')
+    new_words = ['violin', 'trumpet', 'barking']
+    try:
+        with _stream(shared) as stream:
+            try:
+                assert client.wait_for_service(timeout_sec=EVENT_TIMEOUT)
+                future = client.call_async(SetVocabulary.Request(words=new_words))
+                assert shared.wait_for(future.done, EVENT_TIMEOUT), \
+                    'no answer while the words were being encoded: the executor waited for them'
+                assert future.result().success, future.result().message
+                assert entered.wait(EVENT_TIMEOUT)
+                images = stream._received('images')
+                assert shared.wait_for(lambda: stream._received('images') > images, EVENT_TIMEOUT), \
+                    'no frame was taken while the words were being encoded'
+                assert node._pipeline.vocabulary == list(WORDS)     # not in use before encoded
+                assert not node.wait_for_vocabulary(0.0)
+            finally:
+                release.set()
+            assert node.wait_for_vocabulary(WINDOW_TIMEOUT)
+            assert node._pipeline.vocabulary == new_words
+    finally:
+        release.set()
+        node._pipeline.__dict__.pop('set_vocabulary', None)
+        node.set_parameters([Parameter('vocabulary', value=list(WORDS))])
+        assert node.wait_for_vocabulary(WINDOW_TIMEOUT)
+        shared.peer.destroy_client(client)
