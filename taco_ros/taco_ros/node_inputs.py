@@ -40,6 +40,12 @@ MAX_CAMERA_INFOS = 256         # as many as frames held (taco_node.MAX_FRAMES); 
 T = TypeVar('T')
 
 
+def receipt_stamp(received: float, duration: float, stamp_tolerance: float) -> tuple[float, float]:
+    """(stamp, contiguity tolerance) of an audio chunk without a capture stamp (multiarray, zero
+    header): the best guess is that it ended when it was received. Used by the node and bag replay."""
+    return received - duration, max(RECEIPT_STAMP_TOLERANCE, stamp_tolerance)
+
+
 class StampedStore(Generic[T]):
     """Recent messages by stamp (bounded in count and, optionally, in bytes), to pair one with a
     window's frame. ``cost`` gives a message's size in bytes for ``max_bytes``."""
@@ -337,10 +343,8 @@ class NodeInputs:
         tolerance = None
         stamp = chunk.stamp
         if stamp is None:
-            # No capture stamp (multiarray, zero header): best guess is receipt minus duration.
             self._stats.add('unstamped_audio')
-            stamp = received - chunk.duration
-            tolerance = max(RECEIPT_STAMP_TOLERANCE, self._p['stamp_tolerance'])
+            stamp, tolerance = receipt_stamp(received, chunk.duration, self._p['stamp_tolerance'])
         else:   # from the capture of its last sample
             self._stats.audio_delay.append(received - stamp - chunk.duration)
         self._stats.audio_seconds.tick(wall, chunk.duration)

@@ -226,7 +226,7 @@ class BagProcessor:
             self._place_chunk(chunk)
 
     def _place_chunk(self, chunk: AudioSamples) -> None:
-        from taco_ros.node_inputs import RECEIPT_STAMP_TOLERANCE
+        from taco_ros.node_inputs import receipt_stamp
 
         if chunk.samples.size == 0:
             self.report.problems['empty_audio'] += 1
@@ -234,8 +234,8 @@ class BagProcessor:
         stamp, tolerance = chunk.stamp, None
         if stamp is None:    # no capture stamp: receipt time minus duration, as the node does
             self.report.problems['unstamped_audio'] += 1
-            stamp = chunk.received - chunk.duration
-            tolerance = max(RECEIPT_STAMP_TOLERANCE, self.values['stamp_tolerance'])
+            stamp, tolerance = receipt_stamp(chunk.received, chunk.duration,
+                                             self.values['stamp_tolerance'])
         try:
             self.policy.add_audio(chunk.samples, stamp, chunk.sample_rate, now=chunk.received,
                                   tolerance=tolerance)
